@@ -1,0 +1,3 @@
+from aelab.models.autoencoder import ConvAutoEncoder
+
+__all__ = ["ConvAutoEncoder"]

@@ -1,0 +1,130 @@
+"""The convolutional autoencoder of the seed study, generalised to any widths and pooling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from aelab.errors import AelabError
+
+POOLINGS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
+
+
+class ConvAutoEncoder(nn.Module):
+    """Encoder of 'same' convs with 2×2 pooling between them; a mirrored decoder.
+
+    The defaults build the assignment network exactly:
+    conv 8 → pool → conv 12 → pool → conv 16 (latent 16×8×8) → up → conv 12 → up → conv 3.
+    Decoder convs are the encoder widths reversed, without the latent's and without the first
+    (whose place the output conv takes), so there is one decoder conv per pooling stage.
+    The head returns logits: losses and metrics apply the sigmoid themselves.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        widths: Sequence[int] = (8, 12, 16),
+        kernel_size: int = 3,
+        pooling: str = "max",
+        upsample_mode: str = "nearest",
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        widths = [int(w) for w in widths]
+        check_architecture(widths, kernel_size, pooling, upsample_mode, activation)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.widths, self.kernel_size, self.pooling = widths, kernel_size, pooling
+        self.upsample_mode, self.activation = upsample_mode, activation
+        act = ACTIVATIONS[activation]
+        pool = POOLINGS[pooling]
+
+        encoder: list[nn.Module] = []
+        previous = in_channels
+        for index, width in enumerate(widths):
+            if index > 0 and pool is not None:
+                encoder.append(pool(2))
+            encoder += [self._conv(previous, width), act()]
+            previous = width
+        self.encoder = nn.Sequential(*encoder)
+
+        decoder: list[nn.Module] = []
+        decoder_widths = [*reversed(widths[1:-1]), out_channels]
+        for index, width in enumerate(decoder_widths):
+            if pool is not None:
+                decoder.append(nn.Upsample(scale_factor=2, mode=upsample_mode))
+            decoder.append(self._conv(previous, width))
+            if index < len(decoder_widths) - 1:
+                decoder.append(act())
+            previous = width
+        self.decoder = nn.Sequential(*decoder)
+
+    def _conv(self, in_channels: int, out_channels: int) -> nn.Conv2d:
+        return nn.Conv2d(in_channels, out_channels, self.kernel_size, padding=self.kernel_size // 2)
+
+    def config(self) -> dict:
+        """The constructor's arguments, plain types only: enough to rebuild the network."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "widths": list(self.widths),
+            "kernel_size": self.kernel_size,
+            "pooling": self.pooling,
+            "upsample_mode": self.upsample_mode,
+            "activation": self.activation,
+        }
+
+    @property
+    def pooling_stages(self) -> int:
+        """How many times the encoder halves the image (and the decoder doubles it back)."""
+        return 0 if self.pooling == "none" else len(self.widths) - 1
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(C, H, W) of the code for an input of that size, from the conv arithmetic.
+
+        Each conv maps W to (W − K + 2P)/S + 1 with P = K // 2 and S = 1 (so W stays W for odd K);
+        each 2×2 pooling floors W / 2.
+        """
+        padding, stride = self.kernel_size // 2, 1
+        size = [height, width]
+        for index in range(len(self.widths)):
+            if index > 0 and self.pooling != "none":
+                size = [s // 2 for s in size]
+            size = [(s - self.kernel_size + 2 * padding) // stride + 1 for s in size]
+        return (self.widths[-1], size[0], size[1])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def check_architecture(
+    widths: Sequence[int], kernel_size: int, pooling: str, upsample_mode: str, activation: str
+) -> None:
+    """Refuse settings that cannot build a shape-preserving autoencoder, saying what to change."""
+    if not widths or any(w <= 0 for w in widths):
+        raise AelabError(
+            f"model.widths must be a non-empty list of positive channel counts, got {list(widths)}; "
+            "for example model.widths=[8,12,16]."
+        )
+    if kernel_size <= 0 or kernel_size % 2 == 0:
+        raise AelabError(
+            f"model.kernel_size must be a positive odd number ('same' padding keeps the size only "
+            f"for odd kernels), got {kernel_size}; try model.kernel_size=3 or 5."
+        )
+    for name, value, options in (
+        ("pooling", pooling, POOLINGS),
+        ("upsample_mode", upsample_mode, UPSAMPLE_MODES),
+        ("activation", activation, ACTIVATIONS),
+    ):
+        if value not in options:
+            raise AelabError(f"model.{name} must be one of {sorted(options)}, got {value!r}.")

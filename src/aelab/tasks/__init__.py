@@ -1,0 +1,4 @@
+from aelab.tasks.base import AutoEncoderTask
+from aelab.tasks.reconstruction import ReconstructionTask
+
+__all__ = ["AutoEncoderTask", "ReconstructionTask"]

@@ -1,0 +1,158 @@
+"""The Hydra entry point: check the config, build everything from it, fit, test, write results.
+
+Everything is instantiated here and only here; the other modules never read the config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from aelab.callbacks import EpochTimer
+from aelab.errors import AelabError
+from aelab.models import ConvAutoEncoder
+
+log = logging.getLogger("aelab")
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The task (with its network) and the data, from the config; no file is written."""
+    missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("paths."))
+    if missing:
+        raise AelabError(
+            f"These settings have no value: {', '.join(missing)}. Give them on the command line, "
+            f"e.g. python train.py {missing[0]}=VALUE (data=folder needs data.root=PATH)."
+        )
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not lr > 0:
+        raise AelabError(f"optimizer.lr must be positive, got {lr}; e.g. optimizer.lr=1e-3.")
+    task_class = get_class(cfg.task._target_)
+    model = _instantiate(
+        cfg.model, in_channels=task_class.in_channels, out_channels=task_class.out_channels
+    )
+    datamodule = _instantiate(cfg.data, color_space=task_class.color_space)
+    size = datamodule.image_size
+    if size % 2**model.pooling_stages:
+        raise AelabError(
+            f"A {size}×{size} image cannot pass {model.pooling_stages} 2×2 poolings and come back "
+            f"at the same size: data.image_size must be a multiple of {2**model.pooling_stages}. "
+            "Change the image size, use fewer model.widths, or pooling=none."
+        )
+    task = _instantiate(cfg.task, model=model, optimizer=_instantiate(cfg.optimizer))
+    return task, datamodule
+
+
+def _instantiate(node: DictConfig, **kwargs):
+    """Hydra's instantiate, but a user error inside a constructor surfaces as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, AelabError):
+            raise error.__cause__ from None
+        raise
+
+
+def bottleneck(model: ConvAutoEncoder, image_size: int) -> dict:
+    """Latent shape, size and compression versus the input, and a sentence saying what it means."""
+    latent_shape = model.latent_shape(image_size, image_size)
+    latent_size = math.prod(latent_shape)
+    input_size = model.in_channels * image_size * image_size
+    compression = input_size / latent_size
+    shape = "×".join(map(str, latent_shape))
+    if latent_size < input_size:
+        summary = (
+            f"latent {shape} = {latent_size:,} values for a {model.in_channels}×{image_size}×"
+            f"{image_size} = {input_size:,}-value input: {compression:.1f}× compression"
+        )
+    else:
+        summary = (
+            f"latent {shape} = {latent_size:,} values for a {input_size:,}-value input: NO "
+            f"bottleneck (the code is {1 / compression:.1f}× larger than the input), so the "
+            "network can learn to copy its input and near-perfect scores say nothing about compression"
+        )
+    return {
+        "latent_shape": list(latent_shape),
+        "latent_size": latent_size,
+        "input_size": input_size,
+        "compression": round(compression, 4),
+        "has_bottleneck": latent_size < input_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "summary": summary,
+    }
+
+
+def train(cfg: DictConfig, output_dir: Path) -> float | None:
+    L.seed_everything(cfg.seed, workers=True)
+    task, datamodule = build(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # data errors surface here, before a logger or checkpoint exists
+
+    model_facts = bottleneck(task.model, datamodule.image_size)
+    log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
+    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else []
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    timer = EpochTimer()
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=[*callbacks, timer]
+    )
+    for logger in loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("model/bottleneck", model_facts["summary"])
+
+    trainer.fit(task, datamodule=datamodule)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    (test_metrics,) = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
+    val_psnr = trainer.callback_metrics.get("val/psnr")
+
+    results = {
+        "status": "completed",
+        "task": task.name,
+        "loss": task.hparams.loss,
+        "test": {key.removeprefix("test/"): value for key, value in sorted(test_metrics.items())},
+        "model": {**task.model.config(), **model_facts},
+        "data": datamodule.split_sizes(),
+        "best_checkpoint": str(Path(best).relative_to(output_dir)) if best else None,
+    }
+    timing = {
+        "seconds_per_epoch": timer.epoch_seconds,
+        "images_per_second": timer.images_per_second,
+        "mean_seconds_per_epoch": sum(timer.epoch_seconds) / max(len(timer.epoch_seconds), 1),
+    }
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        (output_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics=test_metrics)
+        log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
+        log.info("Run dir: %s", output_dir)
+    return float(val_psnr) if val_psnr is not None else None
+
+
+def discard_unused_run_dir(output_dir: Path) -> None:
+    """Remove a run dir that holds only what Hydra wrote before we refused the config."""
+    if output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        return train(cfg, output_dir)
+    except AelabError as error:
+        discard_unused_run_dir(output_dir)
+        print(f"\naelab: {error}\n", file=sys.stderr)
+        sys.exit(2)
