@@ -16,6 +16,7 @@ import hydra
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from aelab.callbacks import EpochTimer
@@ -98,6 +99,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
     task, datamodule = build(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")  # data errors surface here, before a logger or checkpoint exists
+    output_dir.mkdir(parents=True, exist_ok=True)
 
     model_facts = bottleneck(task.model, datamodule.image_size)
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
@@ -108,14 +110,13 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         cfg.trainer, logger=loggers or False, callbacks=[*callbacks, timer]
     )
     for logger in loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_text"):
-            experiment.add_text("model/bottleneck", model_facts["summary"])
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("model/bottleneck", model_facts["summary"])
 
     trainer.fit(task, datamodule=datamodule)
+    val_psnr = trainer.callback_metrics.get("val/psnr")
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     (test_metrics,) = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
-    val_psnr = trainer.callback_metrics.get("val/psnr")
 
     results = {
         "status": "completed",
@@ -134,8 +135,12 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
         (output_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics=test_metrics)
+        params = OmegaConf.to_container(cfg, resolve=True)
+        for logger in loggers:  # TensorBoard's hparams view shows each run's final test metrics
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(params, metrics=test_metrics)
+            else:
+                logger.log_hyperparams(params)
         log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
         log.info("Run dir: %s", output_dir)
     return float(val_psnr) if val_psnr is not None else None

@@ -1,0 +1,63 @@
+"""Shared fixtures: small generated image folders and composed configs (nothing downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from aelab.train import CONFIG_DIR
+
+CLASSES = ("cats", "ships")
+
+
+def write_images(
+    directory: Path, count: int, size: tuple[int, int] = (32, 32), seed: int = 0
+) -> None:
+    """Smooth random images (so the autoencoder has structure to learn), saved as PNG."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    height, width = size
+    for index in range(count):
+        coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
+        image.save(directory / f"{index:04d}.png")
+
+
+def make_image_folder(root: Path, train_per_class: int = 40, test_per_class: int = 10) -> Path:
+    for seed, cls in enumerate(CLASSES):
+        write_images(root / "train" / cls, train_per_class, seed=seed)
+        write_images(root / "test" / cls, test_per_class, seed=seed + 100)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """100 images: 80 in train/, 20 in test/, two classes."""
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config `python train.py OVERRIDES` would get, with the run dir set to output_dir."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def smoke_overrides(image_folder, tmp_path) -> list[str]:
+    """Seconds-long runs on the generated folder, caching under the test's tmp dir."""
+    return [
+        "debug=smoke",
+        "data=folder",
+        f"data.root={image_folder}",
+        "data.subset=null",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.accelerator=cpu",
+    ]

@@ -1,0 +1,151 @@
+import os
+
+import pytest
+import torch
+
+from aelab.data import ImageDataModule
+from aelab.data.batches import batch_loader
+from aelab.data.sources import load_cifar10, load_image_folder
+from aelab.data.splits import split_parts
+from aelab.errors import AelabError
+from tests.conftest import write_images
+
+
+def parts(train: int = 50, test: int = 10) -> dict[str, torch.Tensor]:
+    """Parts whose every image is distinct: image i has all pixels = its id (mod 256 per channel)."""
+    ids = torch.arange(train + test)
+    images = torch.stack([ids % 256, ids // 256, torch.zeros_like(ids)], 1)[:, :, None, None]
+    images = images.expand(-1, -1, 2, 2).to(torch.uint8).contiguous()
+    return {"train": images[:train], "test": images[train:]}
+
+
+def ids(images: torch.Tensor) -> set[int]:
+    return set((images[:, 0, 0, 0].long() + 256 * images[:, 1, 0, 0].long()).tolist())
+
+
+def test_pooled_split_sizes_are_80_10_10_and_disjoint():
+    splits = split_parts(parts(500, 100), "pooled", 0.1, 0.1, seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 480, "val": 60, "test": 60}
+    train, val, test = ids(splits["train"]), ids(splits["val"]), ids(splits["test"])
+    assert not (train & val or train & test or val & test)
+    assert train | val | test == set(range(600))
+
+
+def test_split_is_deterministic_and_its_seed_is_its_own():
+    a = split_parts(parts(), "pooled", seed=1)
+    b = split_parts(parts(), "pooled", seed=1)
+    c = split_parts(parts(), "pooled", seed=2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["test"], c["test"])
+
+
+def test_official_split_keeps_the_official_test_set():
+    splits = split_parts(parts(500, 100), "official", val_fraction=0.1, seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 450, "val": 50, "test": 100}
+    assert ids(splits["test"]) == set(range(500, 600))
+    assert ids(splits["train"]) | ids(splits["val"]) == set(range(500))
+
+
+def test_subset_takes_a_seeded_sample_of_that_many_images():
+    splits = split_parts(parts(500, 100), "pooled", subset=200, seed=0)
+    assert sum(len(v) for v in splits.values()) == 200
+    official = split_parts(parts(500, 100), "official", subset=120, seed=0)
+    assert len(official["test"]) == 20 and len(official["train"]) + len(official["val"]) == 100
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "random"}, "data.split"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "fraction"),
+        ({"val_fraction": 0.0}, "fraction"),
+        ({"subset": 10, "val_fraction": 0.01}, "empty"),
+    ],
+)
+def test_bad_split_settings_are_refused(kwargs, message):
+    with pytest.raises(AelabError, match=message):
+        split_parts(parts(), **kwargs)
+
+
+def test_image_folder_decodes_every_image_and_caches_outside_the_root(image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    loaded = load_image_folder(image_folder, 32, cache)
+    assert {k: tuple(v.shape) for k, v in loaded.items()} == {
+        "train": (80, 3, 32, 32),
+        "test": (20, 3, 32, 32),
+    }
+    assert loaded["train"].dtype == torch.uint8 and loaded["train"].float().std() > 10
+    (cached,) = cache.iterdir()
+    again = load_image_folder(image_folder, 32, cache)
+    assert all(torch.equal(loaded[k], again[k]) for k in loaded)
+    assert not any(p.suffix == ".pt" for p in image_folder.rglob("*"))
+    assert cached.stat().st_size > 80 * 3 * 32 * 32
+
+
+def test_image_folder_resizes_and_ignores_hidden_dirs(tmp_path):
+    write_images(tmp_path / "a", 3, size=(50, 37))
+    write_images(tmp_path / ".ipynb_checkpoints", 2)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    loaded = load_image_folder(tmp_path, 16)
+    assert list(loaded) == ["all"] and loaded["all"].shape == (3, 3, 16, 16)
+
+
+def test_corrupt_images_are_named_in_the_error(tmp_path):
+    write_images(tmp_path / "a", 2)
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(AelabError, match=r"broken\.jpg"):
+        load_image_folder(tmp_path, 32)
+
+
+def test_folder_errors_say_what_to_do(tmp_path):
+    with pytest.raises(AelabError, match="does not exist"):
+        load_image_folder(tmp_path / "missing", 32)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AelabError, match="no class directories"):
+        load_image_folder(tmp_path / "empty", 32)
+    (tmp_path / "one" / "cls").mkdir(parents=True)
+    with pytest.raises(AelabError, match="at least one image"):
+        load_image_folder(tmp_path / "one", 32)
+
+
+def test_missing_cifar10_without_download_explains_the_way_out(tmp_path):
+    with pytest.raises(AelabError, match="data=folder"):
+        load_cifar10(tmp_path, download=False)
+
+
+def test_batches_are_index_slices_in_the_epochs_order():
+    images = parts(100, 0)["train"]
+    loader = batch_loader(images, batch_size=32, shuffle=True, seed=3)
+    loader.sampler.set_epoch(1)
+    epoch_one = list(loader)
+    assert [len(b) for b in epoch_one] == [32, 32, 32, 4]
+    assert torch.equal(torch.cat(epoch_one), images[loader.sampler.order()])
+    assert ids(torch.cat(epoch_one)) == set(range(100))
+    loader.sampler.set_epoch(2)
+    assert not torch.equal(torch.cat(list(loader)), torch.cat(epoch_one))
+    loader.sampler.set_epoch(1)
+    assert torch.equal(torch.cat(list(loader)), torch.cat(epoch_one))
+
+
+def test_datamodule_serves_float_rgb_or_normalised_lab(image_folder, tmp_path):
+    dm = ImageDataModule(source="folder", root=str(image_folder), batch_size=16, color_space="lab")
+    dm.setup()
+    assert dm.split_sizes() == {"val": 10, "test": 10, "train": 80}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.dtype == torch.uint8 and batch.shape == (16, 3, 32, 32)
+    lab = dm.on_after_batch_transfer(batch, 0)
+    assert lab.dtype == torch.float32 and lab.min() >= 0 and lab.max() <= 1
+    dm.color_space = "rgb"
+    assert torch.allclose(dm.on_after_batch_transfer(batch, 0), batch / 255)
+
+
+@pytest.mark.skipif(
+    "AELAB_CIFAR10_JPG" not in os.environ,
+    reason="needs the shared CIFAR-10 copy; .ci/run sets AELAB_CIFAR10_JPG (test_integration too)",
+)
+def test_shared_cifar10_copy_has_all_60000_images():
+    pytest.importorskip("torchvision")
+    root = os.environ["AELAB_CIFAR10_JPG"]
+    dm = ImageDataModule(source="folder", root=root, cache_dir=os.environ.get("AELAB_CACHE_DIR"))
+    dm.setup()
+    assert dm.split_sizes() == {"val": 6000, "test": 6000, "train": 48000}

@@ -1,0 +1,140 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from aelab.train import CONFIG_DIR, build, train
+from tests.conftest import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def group_options() -> list[tuple[str, str]]:
+    return [
+        (group.name, option.stem)
+        for group in sorted(CONFIG_DIR.iterdir())
+        if group.is_dir() and group.name != "hydra"
+        for option in sorted(group.glob("*.yaml"))
+    ]
+
+
+@pytest.mark.parametrize(("group", "option"), group_options())
+def test_every_group_option_composes_and_builds(group, option, image_folder, tmp_path):
+    overrides = [f"{group}={option}", "data.download=false"]
+    if group != "data" or option == "folder":
+        overrides += ["data=folder", f"data.root={image_folder}"]
+    cfg = compose_config(overrides, tmp_path)
+    task, datamodule = build(cfg)
+    assert task.model.pooling == cfg.model.pooling
+    assert datamodule.color_space == task.color_space
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg", "none"])
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_smoke_training_writes_a_complete_run(loss, pooling, smoke_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*smoke_overrides, f"loss={loss}", f"pooling={pooling}"], run_dir)
+    val_psnr = train(cfg, run_dir)
+    results = json.loads((run_dir / "metrics.json").read_text())
+    assert results["status"] == "completed" and results["loss"] == loss
+    assert set(results["test"]) >= {"bce", "mse", "psnr", "ssim", "loss"}
+    assert results["test"]["psnr"] > 5 and 0 < results["test"]["mse"] < 0.2
+    assert results["data"] == {"val": 10, "test": 10, "train": 80}
+    assert results["model"]["has_bottleneck"] is (pooling != "none")
+    assert val_psnr is not None and val_psnr > 5
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "preview.png").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert len(timing["seconds_per_epoch"]) == 2 and all(s > 0 for s in timing["seconds_per_epoch"])
+
+
+def test_same_seed_and_config_give_the_same_metrics(smoke_overrides, tmp_path):
+    written = []
+    for name in ("a", "b"):
+        cfg = compose_config([*smoke_overrides, "logger=none", "seed=7"], tmp_path / name)
+        train(cfg, tmp_path / name)
+        written.append((tmp_path / name / "metrics.json").read_text().replace(f"/{name}/", "/"))
+    assert written[0] == written[1]
+
+
+def test_the_bottleneck_is_stated_plainly():
+    from aelab.models import ConvAutoEncoder
+    from aelab.train import bottleneck
+
+    facts = bottleneck(ConvAutoEncoder(), 32)
+    assert (facts["latent_size"], facts["input_size"], facts["compression"]) == (1024, 3072, 3.0)
+    none = bottleneck(ConvAutoEncoder(pooling="none"), 32)
+    assert none["latent_size"] == 16384 and not none["has_bottleneck"]
+    assert "NO bottleneck" in none["summary"]
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_cli_help_lists_the_groups():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for group in (
+        "task:",
+        "loss: bce, mse",
+        "pooling: avg, max, none",
+        "widths:",
+        "data: cifar10, folder",
+    ):
+        assert group in result.stdout
+
+
+def test_cli_unknown_option_lists_the_choices(tmp_path):
+    result = run_cli("loss=foo", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "loss/foo" in result.stderr and "bce" in result.stderr and "mse" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data=folder"], "data.root"),
+        (["model.kernel_size=4"], "kernel_size"),
+        (["model.widths=[]"], "model.widths"),
+        (["optimizer.lr=0"], "optimizer.lr"),
+        (["data.batch_size=0"], "batch_size"),
+        (["data.val_fraction=0.5", "data.test_fraction=0.6"], "fraction"),
+        (["widths=deep", "data.image_size=36", "data=folder", "data.root=."], "multiple of 8"),
+        (["data=folder", "data.root=/nonexistent/images"], "does not exist"),
+    ],
+)
+def test_cli_bad_input_fails_clearly_before_writing_a_run_dir(overrides, message, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(*overrides, "data.download=false", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not run_dir.exists()
+
+
+def test_cli_trains_end_to_end(image_folder, tmp_path):
+    run_dir = tmp_path / "cli-run"
+    result = run_cli(
+        "debug=smoke", "data=folder", f"data.root={image_folder}", "data.subset=null",
+        f"paths.cache_dir={tmp_path / 'cache'}", "loss=mse", "pooling=none", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["loss"] == "mse"
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
