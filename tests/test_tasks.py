@@ -56,3 +56,19 @@ def test_checkpoint_carries_a_plain_description_of_the_network():
     assert checkpoint["aelab"]["task"] == "reconstruction"
     assert checkpoint["aelab"]["loss"] == "mse"
     assert ConvAutoEncoder(**checkpoint["aelab"]["model"]).config() == task.model.config()
+
+
+def test_fast_ssim_equals_torchmetrics():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    target = torch.rand(6, 3, 32, 32)
+    prediction = (target + 0.2 * torch.randn_like(target)).clamp(0, 1)
+    reference = structural_similarity_index_measure(
+        prediction, target, data_range=1.0, reduction="none"
+    )
+    assert torch.allclose(metrics.ssim(prediction, target), reference, atol=1e-5)
+    gray = torch.rand(2, 1, 50, 37)
+    reference = structural_similarity_index_measure(
+        gray * 0.9, gray, data_range=1.0, reduction="none"
+    )
+    assert torch.allclose(metrics.ssim(gray * 0.9, gray), reference, atol=1e-5)

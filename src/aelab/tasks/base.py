@@ -29,7 +29,11 @@ class AutoEncoderTask(L.LightningModule):
     score_names: tuple[str, ...] = ()
 
     def __init__(
-        self, model: ConvAutoEncoder, loss: str = "bce", optimizer: OptimizerFactory | None = None
+        self,
+        model: ConvAutoEncoder,
+        loss: str = "bce",
+        optimizer: OptimizerFactory | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -41,7 +45,10 @@ class AutoEncoderTask(L.LightningModule):
                 f"{model.out_channels}; leave model.in_channels/out_channels to the task config."
             )
         self.save_hyperparameters(ignore=["model", "optimizer"], logger=False)
-        self.model = model
+        # channels_last: oneDNN's fast convolution layout on the CPU (about 1.6× here, see
+        # scripts/benchmark.py); inputs are converted in forward, so callers need not care.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory_format)
         self.loss_fn = LOSSES[loss]
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.scores = nn.ModuleDict(
@@ -65,11 +72,12 @@ class AutoEncoderTask(L.LightningModule):
 
     # Shared ---------------------------------------------------------------------------------
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs)
+        """Logits for a batch of inputs in the task's colour space."""
+        return self.model(inputs.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, targets = self.split_batch(batch)
-        loss = self.loss_fn(self.model(inputs), targets)
+        loss = self.loss_fn(self(inputs), targets)
         self.log(
             "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch)
         )
@@ -83,7 +91,7 @@ class AutoEncoderTask(L.LightningModule):
 
     def _evaluate(self, batch: torch.Tensor, stage: str) -> None:
         inputs, targets = self.split_batch(batch)
-        logits = self.model(inputs)
+        logits = self(inputs)
         loss = self.loss_fn(logits, targets)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch))
         means = self.scores[stage]

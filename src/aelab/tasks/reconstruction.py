@@ -30,4 +30,4 @@ class ReconstructionTask(AutoEncoderTask):
         }
 
     def preview_rows(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        return [batch, torch.sigmoid(self.model(batch))]
+        return [batch, torch.sigmoid(self(batch))]
