@@ -72,3 +72,24 @@ def test_fast_ssim_equals_torchmetrics():
         gray * 0.9, gray, data_range=1.0, reduction="none"
     )
     assert torch.allclose(metrics.ssim(gray * 0.9, gray), reference, atol=1e-5)
+
+
+def test_colorization_splits_lab_and_scores_the_grayscale_baseline():
+    from aelab.color import rgb_to_lab_normalized
+    from aelab.tasks import ColorizationTask
+
+    task = ColorizationTask(ConvAutoEncoder(in_channels=1, out_channels=2), loss="mse")
+    rgb = torch.rand(4, 3, 32, 32)
+    lab = rgb_to_lab_normalized(rgb)
+    inputs, targets = task.split_batch(lab)
+    assert inputs.shape == (4, 1, 32, 32) and targets.shape == (4, 2, 32, 32)
+    assert task(inputs).shape == targets.shape
+    perfect = task.compute_scores(inputs, targets, torch.logit(targets.clamp(1e-6, 1 - 1e-6)))
+    assert perfect["delta_e"].max() < 0.1 and perfect["psnr"].min() > 40
+    assert torch.allclose(perfect["chroma"], perfect["chroma_true"], atol=0.05)
+    grey = task.compute_scores(inputs, targets, task.baseline_logits(inputs, targets))
+    assert torch.allclose(grey["chroma"], torch.zeros(4), atol=1e-3)
+    assert (grey["chroma_true"] > 10).all() and (grey["delta_e"] > 5).all()
+    rows = task.preview_rows(lab)
+    assert len(rows) == 3 and all(r.shape == (4, 3, 32, 32) for r in rows)
+    assert torch.allclose(rows[2], rgb, atol=1e-3)

@@ -138,3 +138,19 @@ def test_cli_trains_end_to_end(image_folder, tmp_path):
 def _clear_hydra():
     yield
     GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_colorization_smoke_training_reports_model_and_grayscale_baseline(
+    loss, smoke_overrides, tmp_path
+):
+    cfg = compose_config([*smoke_overrides, "task=colorization", f"loss={loss}"], tmp_path)
+    train(cfg, tmp_path)
+    results = json.loads((tmp_path / "metrics.json").read_text())
+    test = results["test"]
+    assert results["task"] == "colorization" and results["model"]["in_channels"] == 1
+    for name in ("ab_mse", "psnr", "ssim", "delta_e", "chroma", "chroma_true"):
+        assert name in test and f"baseline/{name}" in test
+    assert test["baseline/chroma"] < 1e-3 < test["baseline/chroma_true"]
+    assert test["chroma_true"] == pytest.approx(test["baseline/chroma_true"])
+    assert 5 < test["psnr"] < 60 and test["delta_e"] > 0

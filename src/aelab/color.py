@@ -34,3 +34,29 @@ def unnormalize_lab(lab_normalized: torch.Tensor) -> torch.Tensor:
     return torch.cat(
         [lab_normalized[:, :1] * L_SCALE, lab_normalized[:, 1:] * AB_SCALE - AB_OFFSET], dim=1
     )
+
+
+def lab_to_rgb_keeping_lightness(lab_normalized: torch.Tensor, steps: int = 12) -> torch.Tensor:
+    """Normalised Lab → RGB in [0, 1] whose L is the given L, for colours outside the sRGB gamut too.
+
+    Clipping an out-of-gamut colour changes its lightness; instead each pixel's chroma is scaled
+    down (same L, same hue) by bisection until it fits. Grey (chroma 0) is always in gamut.
+    """
+    lab = unnormalize_lab(lab_normalized.float())
+    lightness, ab = lab[:, :1], lab[:, 1:]
+
+    def in_gamut(scale: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=lab.device.type, enabled=False):
+            rgb = lab_to_rgb(torch.cat([lightness, ab * scale], dim=1), clip=False)
+        return ((rgb >= -1e-4) & (rgb <= 1 + 1e-4)).all(dim=1, keepdim=True)
+
+    low = torch.zeros_like(lightness)
+    high = torch.ones_like(lightness)
+    fits = in_gamut(high)
+    for _ in range(steps):
+        middle = (low + high) / 2
+        ok = in_gamut(middle)
+        low, high = torch.where(ok, middle, low), torch.where(ok, high, middle)
+    scale = torch.where(fits, torch.ones_like(low), low)
+    with torch.autocast(device_type=lab.device.type, enabled=False):
+        return lab_to_rgb(torch.cat([lightness, ab * scale], dim=1), clip=True)

@@ -1,4 +1,5 @@
 from aelab.tasks.base import AutoEncoderTask
+from aelab.tasks.colorization import ColorizationTask
 from aelab.tasks.reconstruction import ReconstructionTask
 
-__all__ = ["AutoEncoderTask", "ReconstructionTask"]
+__all__ = ["AutoEncoderTask", "ColorizationTask", "ReconstructionTask"]

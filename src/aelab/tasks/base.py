@@ -42,7 +42,7 @@ class AutoEncoderTask(L.LightningModule):
             raise AelabError(
                 f"The {self.name} task needs a network with {self.in_channels} input and "
                 f"{self.out_channels} output channels, got {model.in_channels} and "
-                f"{model.out_channels}; leave model.in_channels/out_channels to the task config."
+                f"{model.out_channels}; build it with {type(self).__name__}.in_channels/out_channels."
             )
         self.save_hyperparameters(ignore=["model", "optimizer"], logger=False)
         # channels_last: oneDNN's fast convolution layout on the CPU (about 1.6× here, see
@@ -51,9 +51,9 @@ class AutoEncoderTask(L.LightningModule):
         self.model = model.to(memory_format=self.memory_format)
         self.loss_fn = LOSSES[loss]
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
-        self.scores = nn.ModuleDict(
-            {stage: ScoreMeans(self.score_names) for stage in ("val", "test")}
-        )
+        stages = ("val", "test")
+        self.scores = nn.ModuleDict({stage: ScoreMeans(self.score_names) for stage in stages})
+        self.baseline_scores = nn.ModuleDict({s: ScoreMeans(self.score_names) for s in stages})
 
     # What a task defines ------------------------------------------------------------------------
     def split_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +69,10 @@ class AutoEncoderTask(L.LightningModule):
     def preview_rows(self, batch: torch.Tensor) -> list[torch.Tensor]:
         """RGB image rows (each (B, 3, H, W) in [0, 1]) that show what the model does."""
         raise NotImplementedError
+
+    def baseline_logits(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """Logits of a trivial predictor a model must beat, scored beside it; None for no baseline."""
+        return None
 
     # Shared ---------------------------------------------------------------------------------
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -94,10 +98,17 @@ class AutoEncoderTask(L.LightningModule):
         logits = self(inputs)
         loss = self.loss_fn(logits, targets)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch))
-        means = self.scores[stage]
-        means.update(self.compute_scores(inputs, targets, logits))
+        self._log_scores(stage, self.scores[stage], self.compute_scores(inputs, targets, logits))
+        baseline = self.baseline_logits(inputs, targets)
+        if baseline is not None and (stage == "test" or self.current_epoch == 0):  # once per run
+            scores = self.compute_scores(inputs, targets, baseline)
+            self._log_scores(f"{stage}/baseline", self.baseline_scores[stage], scores)
+
+    def _log_scores(self, prefix: str, means: ScoreMeans, scores: dict[str, torch.Tensor]) -> None:
+        means.update(scores)
+        batch_size = len(next(iter(scores.values())))
         for name, metric in means.items():
-            self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=len(batch))
+            self.log(f"{prefix}/{name}", metric, on_epoch=True, batch_size=batch_size)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())

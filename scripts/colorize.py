@@ -1,0 +1,8 @@
+"""Colorize images with a trained colorization checkpoint: python scripts/colorize.py --help."""
+
+import sys
+
+from aelab.predict import main
+
+if __name__ == "__main__":
+    sys.exit(main("colorization"))

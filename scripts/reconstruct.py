@@ -1,0 +1,8 @@
+"""Reconstruct images with a trained reconstruction checkpoint: python scripts/reconstruct.py --help."""
+
+import sys
+
+from aelab.predict import main
+
+if __name__ == "__main__":
+    sys.exit(main("reconstruction"))
