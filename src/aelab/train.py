@@ -8,13 +8,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -100,6 +105,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
     datamodule.prepare_data()
     datamodule.setup("fit")  # data errors surface here, before a logger or checkpoint exists
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
 
     model_facts = bottleneck(task.model, datamodule.image_size)
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
@@ -131,6 +137,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         "seconds_per_epoch": timer.epoch_seconds,
         "images_per_second": timer.images_per_second,
         "mean_seconds_per_epoch": sum(timer.epoch_seconds) / max(len(timer.epoch_seconds), 1),
+        "torch_threads": torch.get_num_threads(),
     }
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -141,9 +148,44 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
                 logger.log_hyperparams(params, metrics=test_metrics)
             else:
                 logger.log_hyperparams(params)
+            logger.finalize("success")
         log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
         log.info("Run dir: %s", output_dir)
     return float(val_psnr) if val_psnr is not None else None
+
+
+def write_status(output_dir: Path, status: str, **facts) -> None:
+    """metrics.json before the results exist, so a report can tell a running run from a dead one."""
+    (output_dir / "metrics.json").write_text(
+        json.dumps({"status": status, **facts}, indent=2) + "\n"
+    )
+
+
+def threads_per_job(requested: int | None, parallel_jobs: int, cores: int) -> int:
+    """Torch threads for one job: as asked, else this machine's cores shared by the parallel jobs.
+
+    joblib's n_jobs = -1 means one job per core (-2 all but one, ...), so jobs × threads never
+    exceeds the cores.
+    """
+    if requested is not None:
+        if not (isinstance(requested, int) and requested > 0):
+            raise AelabError(
+                f"threads must be a positive integer or null (all cores), got {requested!r}."
+            )
+        return requested
+    jobs = parallel_jobs if parallel_jobs > 0 else max(cores + 1 + parallel_jobs, 1)
+    return max(1, cores // jobs)
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep run at once: the launcher's n_jobs (joblib), else 1."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 1
+    return int(HydraConfig.get().launcher.get("n_jobs") or 1)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def discard_unused_run_dir(output_dir: Path) -> None:
@@ -156,8 +198,18 @@ def discard_unused_run_dir(output_dir: Path) -> None:
 def main(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     try:
+        torch.set_num_threads(
+            threads_per_job(cfg.get("threads"), parallel_jobs(), available_cores())
+        )
+        log.info("Torch threads: %d", torch.get_num_threads())
         return train(cfg, output_dir)
     except AelabError as error:
         discard_unused_run_dir(output_dir)
+        if output_dir.is_dir():
+            write_status(output_dir, "failed", error=str(error))
         print(f"\naelab: {error}\n", file=sys.stderr)
         sys.exit(2)
+    except BaseException as error:
+        if output_dir.is_dir():
+            write_status(output_dir, "failed", error=f"{type(error).__name__}: {error}")
+        raise

@@ -1,0 +1,218 @@
+"""Training throughput of aelab's own path against the compute floor and the usual recipe.
+
+(a) aelab: Trainer + DataModule + task exactly as train.py builds them (logging, checkpointing and
+    the progress bar as configured by default): training images/s per epoch from timing.json;
+(b) floor: a bare PyTorch loop over the same network, batch size and in-memory uint8 data;
+(c) recipe: the usual Lightning recipe — ImageFolder with per-sample ToTensor (and per-sample Lab
+    for colorization), shuffled DataLoader with worker processes — feeding the same task.
+Each path runs `epochs` epochs of `batches` batches; the first warms up and is not counted. The
+table gives the median and the range of the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
+
+from aelab.color import rgb_to_lab_normalized
+from aelab.train import CONFIG_DIR, build, train
+
+TASKS = ("reconstruction", "colorization")
+PATHS = ("aelab", "floor", "recipe")
+
+
+def compose_config(overrides: list[str], output_dir: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def aelab_rates(overrides: list[str], epochs: int, batches: int) -> list[float]:
+    """(a): aelab.train.train itself, limited to `batches` training batches per epoch."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        limits = [f"trainer.max_epochs={epochs}", f"+trainer.limit_train_batches={batches}"]
+        train(compose_config([*overrides, *limits], run_dir), Path(run_dir))
+        return json.loads((Path(run_dir) / "timing.json").read_text())["images_per_second"]
+
+
+def floor_rates(
+    overrides: list[str], epochs: int, batches: int, device: torch.device
+) -> list[float]:
+    """(b): index-slice batches of the in-memory split, straight into the same network."""
+    cfg = compose_config(overrides, "unused")
+    L.seed_everything(cfg.seed, verbose=False)
+    task, datamodule = build(cfg)
+    datamodule.setup("fit")
+    task = task.to(device)
+    images = datamodule.splits["train"].to(device)
+    optimizer = task.configure_optimizers()
+    rates = []
+    for _ in range(epochs):
+        order = torch.randperm(len(images), device=device)[: batches * datamodule.batch_size]
+        start = time.perf_counter()
+        for indices in order.split(datamodule.batch_size):
+            inputs, targets = task.split_batch(datamodule.to_model_space(images[indices]))
+            loss = task.loss_fn(task(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(len(order) / (time.perf_counter() - start))
+    return rates
+
+
+class _PerSampleLab:
+    """The recipe's colorization transform: one image at a time through kornia's Lab."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return rgb_to_lab_normalized(image[None])[0]
+
+
+def _images_only(samples: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    return torch.stack([image for image, _ in samples])
+
+
+class _EpochRate(L.Callback):
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_epoch_start(self, trainer, task) -> None:
+        self._images, self._start = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx) -> None:
+        self._images += len(batch)
+
+    def on_train_epoch_end(self, trainer, task) -> None:
+        self.rates.append(self._images / (time.perf_counter() - self._start))
+
+
+def recipe_rates(
+    overrides: list[str], root: Path, epochs: int, batches: int, accelerator: str, workers: int
+) -> list[float]:
+    """(c): ImageFolder + per-sample transforms + DataLoader workers, same task, plain Trainer."""
+    cfg = compose_config(overrides, "unused")
+    L.seed_everything(cfg.seed, verbose=False)
+    task, datamodule = build(cfg)
+    steps = [transforms.ToTensor()] + ([_PerSampleLab()] if task.color_space == "lab" else [])
+    dataset = ImageFolder(str(root / "train"), transform=transforms.Compose(steps))
+    loader = DataLoader(
+        dataset,
+        batch_size=datamodule.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=_images_only,
+        pin_memory=accelerator == "gpu",
+    )
+    meter = _EpochRate()
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            max_epochs=epochs,
+            limit_train_batches=batches,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=run_dir,
+            callbacks=[meter],
+        )
+        trainer.fit(task, train_dataloaders=loader)
+    return meter.rates
+
+
+def measure(
+    root: Path, tasks: list[str], epochs: int, batches: int, accelerator: str, workers: int
+) -> dict[tuple[str, str], list[float]]:
+    """Measured images/s per (task, path), warm-up epoch dropped."""
+    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+    results = {}
+    for task in tasks:
+        overrides = [
+            f"task={task}",
+            "data=folder",
+            f"data.root={root}",
+            f"trainer.accelerator={accelerator}",
+            "+trainer.limit_val_batches=2",
+        ]
+        results[(task, "aelab")] = aelab_rates(overrides, epochs, batches)[1:]
+        results[(task, "floor")] = floor_rates(overrides, epochs, batches, device)[1:]
+        results[(task, "recipe")] = recipe_rates(
+            overrides, root, epochs, batches, accelerator, workers
+        )[1:]
+    return results
+
+
+def format_table(results: dict[tuple[str, str], list[float]], header: dict[str, str]) -> str:
+    lines = [f"{key}: {value}" for key, value in header.items()]
+    lines += [
+        "",
+        "| task | path | images/s (median) | range | a/b | a/c |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for task in dict.fromkeys(task for task, _ in results):
+        medians = {path: statistics.median(results[(task, path)]) for path in PATHS}
+        for path in PATHS:
+            rates = results[(task, path)]
+            ratios = (
+                f"{medians['aelab'] / medians['floor']:.2f} | {medians['aelab'] / medians['recipe']:.2f}"
+                if path == "aelab"
+                else " | "
+            )
+            label = {"aelab": "(a) aelab", "floor": "(b) bare loop", "recipe": "(c) usual recipe"}[
+                path
+            ]
+            lines.append(
+                f"| {task} | {label} | {medians[path]:,.0f} | {min(rates):,.0f}–{max(rates):,.0f} | {ratios} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=os.environ.get("AELAB_CIFAR10_JPG", "../shared/data/cifar10-jpg"),
+        help="image folder with train/<class>/ (default: $AELAB_CIFAR10_JPG or ../shared/data/cifar10-jpg)",
+    )
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="epochs per path; the first is warm-up"
+    )
+    parser.add_argument("--batches", type=int, default=100, help="training batches per epoch")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the recipe")
+    parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
+    args = parser.parse_args(argv)
+    accelerator = args.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    results = measure(args.root, args.tasks, args.epochs, args.batches, accelerator, args.workers)
+    device = torch.cuda.get_device_name() if accelerator == "gpu" else platform.processor() or "cpu"
+    header = {
+        "device": f"{accelerator} ({device}, {os.cpu_count()} cores)",
+        "versions": f"torch {torch.__version__}, lightning {L.__version__}",
+        "threads": str(torch.get_num_threads()),
+        "settings": f"{args.batches} batches × {args.epochs - 1} measured epochs (+1 warm-up), "
+        f"recipe workers {args.workers}",
+    }
+    table = format_table(results, header)
+    print(table)
+    return table
