@@ -1,0 +1,3 @@
+from aelab.data.datamodule import ImageDataModule
+
+__all__ = ["ImageDataModule"]

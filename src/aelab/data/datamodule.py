@@ -1,0 +1,124 @@
+"""One LightningDataModule for every source and both tasks.
+
+sources → uint8 tensors (decoded once) → seeded splits → index-slice batches → after transfer to
+the device: float in [0, 1], and normalised Lab when the task asks for it (color_space=lab).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from aelab.color import rgb_to_lab_normalized
+from aelab.data.batches import batch_loader
+from aelab.data.sources import load_cifar10, load_image_folder
+from aelab.data.splits import check_split_settings, split_parts
+from aelab.errors import AelabError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("cifar10", "folder")
+COLOR_SPACES = ("rgb", "lab")
+
+
+class ImageDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        source: str = "cifar10",
+        root: str = "data",
+        download: bool = True,
+        image_size: int = 32,
+        split: str = "pooled",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        subset: int | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 250,
+        shuffle_seed: int = 0,
+        color_space: str = "rgb",
+        cache_dir: str | None = None,
+        on_device: bool = True,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise AelabError(f"data.source must be one of {list(SOURCES)}, got {source!r}.")
+        if color_space not in COLOR_SPACES:
+            raise AelabError(
+                f"data.color_space must be one of {list(COLOR_SPACES)}, got {color_space!r}."
+            )
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise AelabError(
+                f"data.batch_size and data.eval_batch_size must be positive, got {batch_size} and "
+                f"{eval_batch_size}; the default is 128 (e.g. data.batch_size=256)."
+            )
+        if image_size <= 0:
+            raise AelabError(f"data.image_size must be positive, got {image_size}.")
+        check_split_settings(split, val_fraction, test_fraction, subset)
+        self.source, self.root, self.download = source, root, download
+        self.image_size, self.cache_dir = image_size, cache_dir
+        self.split, self.split_seed, self.subset = split, split_seed, subset
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.shuffle_seed, self.color_space = shuffle_seed, color_space
+        self.on_device = on_device
+        self.splits: dict[str, torch.Tensor] = {}
+        self._device_splits: dict[str, torch.Tensor] = {}
+
+    def prepare_data(self) -> None:
+        """Download once (Lightning calls this on one process only)."""
+        if self.source == "cifar10" and self.download:
+            load_cifar10(self.root, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        if self.source == "cifar10":
+            if self.image_size != 32:
+                raise AelabError(
+                    f"data=cifar10 images are 32×32, but data.image_size={self.image_size}; "
+                    "leave it at 32 or use data=folder, which resizes."
+                )
+            parts = load_cifar10(self.root, download=False)
+        else:
+            parts = load_image_folder(self.root, self.image_size, self.cache_dir)
+        self.splits = split_parts(
+            parts, self.split, self.val_fraction, self.test_fraction, self.split_seed, self.subset
+        )
+        sizes = ", ".join(f"{name} {len(images):,}" for name, images in self.splits.items())
+        log.info("Data: %s from %s, %s split: %s", self.source, Path(self.root), self.split, sizes)
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: len(images) for name, images in self.splits.items()}
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        """On a GPU the whole uint8 split moves to it once and batches are sliced there."""
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        images = self.splits[split]
+        if device.type == "cuda" and self.on_device:
+            if split not in self._device_splits:
+                self._device_splits[split] = images.to(device)
+            images = self._device_splits[split]
+        pin = device.type == "cuda" and not self.on_device
+        return batch_loader(images, batch_size, shuffle, self.shuffle_seed, pin_memory=pin)
+
+    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
+        return self.to_model_space(batch)
+
+    def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB on the device → float RGB in [0, 1], or normalised Lab for colorization."""
+        images = images.float().div_(255)
+        return rgb_to_lab_normalized(images) if self.color_space == "lab" else images
