@@ -154,3 +154,19 @@ def test_colorization_smoke_training_reports_model_and_grayscale_baseline(
     assert test["baseline/chroma"] < 1e-3 < test["baseline/chroma_true"]
     assert test["chroma_true"] == pytest.approx(test["baseline/chroma_true"])
     assert 5 < test["psnr"] < 60 and test["delta_e"] > 0
+
+
+def test_two_runs_started_together_get_their_own_dirs(image_folder, tmp_path):
+    """Default run dirs carry microseconds, so same-second starts cannot share (and clobber) a dir."""
+    args = ["debug=smoke", "data=folder", f"data.root={image_folder}", "data.subset=null",
+            f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "trainer.max_epochs=1"]  # fmt: skip
+    processes = [
+        subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for _ in range(2)
+    ]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    run_dirs = sorted((tmp_path / "outputs" / "runs").iterdir())
+    assert len(run_dirs) == 2
+    assert all((d / "metrics.json").is_file() for d in run_dirs)
