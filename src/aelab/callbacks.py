@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
@@ -18,11 +19,12 @@ class PreviewImages(L.Callback):
     """Every validation epoch: the task's preview rows for the same first val images.
 
     The grid goes to TensorBoard (one image per epoch, with a step slider) and to preview.png in
-    the run dir, which always shows the latest epoch.
+    the run dir, which always shows the latest epoch, enlarged (nearest) so 32-pixel images can
+    be seen without zooming.
     """
 
-    def __init__(self, count: int = 8, output_dir: str | None = None) -> None:
-        self.count, self.output_dir = count, output_dir
+    def __init__(self, count: int = 8, output_dir: str | None = None, png_scale: int = 4) -> None:
+        self.count, self.output_dir, self.png_scale = count, output_dir, png_scale
 
     def on_validation_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.count <= 0:
@@ -36,7 +38,8 @@ class PreviewImages(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/preview", grid, global_step=trainer.current_epoch)
         if self.output_dir:
-            save_image(grid, Path(self.output_dir) / "preview.png")
+            enlarged = F.interpolate(grid[None], scale_factor=self.png_scale, mode="nearest")[0]
+            save_image(enlarged, Path(self.output_dir) / "preview.png")
 
 
 class EpochTimer(L.Callback):
