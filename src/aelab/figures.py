@@ -1,0 +1,39 @@
+"""The report's charts as PNG files (matplotlib's object API: no pyplot state, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from aelab.runs import Curve
+
+
+def plot_curves(
+    curves: dict[str, Curve], path: Path, title: str, ylabel: str, legend_title: str = ""
+) -> None:
+    """One line per named curve against the epoch (shown from 1), saved as a PNG."""
+    figure = Figure(figsize=(7, 4.2), layout="constrained")
+    axes = figure.subplots()
+    for label, curve in curves.items():
+        epochs, values = zip(*sorted(curve), strict=True)
+        axes.plot([epoch + 1 for epoch in epochs], values, marker="o", markersize=3, label=label)
+    axes.set(title=title, xlabel="epoch", ylabel=ylabel)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.ticklabel_format(axis="y", useOffset=False)
+    axes.grid(alpha=0.3)
+    axes.legend(title=legend_title or None, fontsize="small")
+    figure.savefig(path, dpi=110)
+
+
+def plot_losses(curves: dict[str, Curve], loss: str, path: Path, title: str) -> bool:
+    """A run's training and validation loss per epoch; False when it logged neither."""
+    lines = {
+        name: curves[tag]
+        for name, tag in (("train", "train/loss"), ("val", "val/loss"))
+        if curves.get(tag)
+    }
+    if not lines:
+        return False
+    plot_curves(lines, path, title, f"{loss} loss")
+    return True

@@ -1,0 +1,336 @@
+"""python scripts/report.py DIR: what a run or a sweep logged, as DIR/report.md with PNG figures.
+
+Nothing is retrained. Curves come from the TensorBoard event files, test scores and model facts
+from metrics.json, speed from timing.json, labels from .hydra/overrides.yaml. The baselines are
+recomputed on each run's own test split, rebuilt by ImageDataModule from its .hydra/config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from aelab.baselines import binary_entropy_floor, reconstruction_baselines, to_unit
+from aelab.data import ImageDataModule
+from aelab.errors import AelabError
+from aelab.figures import plot_curves, plot_losses
+from aelab.runs import Run, describe_differences, find_runs, read_curves
+
+log = logging.getLogger(__name__)
+
+# (score key, column header, decimals) per task; the table is sorted by psnr, highest first.
+SCORE_COLUMNS = {
+    "reconstruction": [
+        ("bce", "bce", 4),
+        ("bce_excess", "bce − floor", 4),
+        ("mse", "mse", 5),
+        ("psnr", "psnr (dB)", 2),
+        ("ssim", "ssim", 4),
+    ],
+    "colorization": [
+        ("psnr", "RGB psnr (dB)", 2),
+        ("ssim", "ssim", 4),
+        ("delta_e", "ΔE", 2),
+        ("chroma", "chroma", 2),
+        ("ab_mse", "ab mse", 5),
+    ],
+}
+PREVIEW_CAPTIONS = {
+    "reconstruction": "val images (top) over their reconstructions (bottom)",
+    "colorization": "rows: the gray input, the predicted colours, the true colours",
+}
+DATA_KEYS = (
+    "source",
+    "root",
+    "image_size",
+    "split",
+    "val_fraction",
+    "test_fraction",
+    "split_seed",
+    "subset",
+)
+
+
+@dataclass
+class Row:
+    """One line of a results table: a run or a baseline."""
+
+    run: str
+    label: str
+    status: str
+    scores: dict[str, float] = field(default_factory=dict)
+    latent_size: int | None = None
+    compression: float | None = None
+    parameters: int | None = None
+    seconds_per_epoch: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Baselines:
+    rows: list[Row] = field(default_factory=list)
+    bce_floor: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Group:
+    """Runs of one task on one data split: they share a table and its baselines."""
+
+    task: str
+    data: dict
+    runs: list[Run]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", type=Path, help="a run dir or a multirun dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = write_report(args.directory)
+    except AelabError as error:
+        print(f"\naelab: {error}\n", file=sys.stderr)
+        return 2
+    print(path.read_text().split("\n## Runs\n")[0])
+    print(f"Report: {path}")
+    return 0
+
+
+def write_report(directory: Path) -> Path:
+    """Write directory/report.md and directory/figures/*.png; return the report's path."""
+    directory = Path(directory)
+    runs = find_runs(directory)
+    figures = directory / "figures"
+    figures.mkdir(exist_ok=True)
+    common, labels = describe_differences(runs)
+    counts = {s: sum(run.status == s for run in runs) for s in ("completed", "running", "crashed")}
+    lines = [
+        f"# Report: {directory.resolve().name}",
+        "",
+        f"{len(runs)} run(s): "
+        + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+        + ". "
+        "Read from what the runs logged (TensorBoard, metrics.json, timing.json, .hydra/); "
+        "nothing was retrained.",
+        "",
+        f"Every run: `{' '.join(common) or '(defaults)'}`",
+        "",
+    ]
+    for index, group in enumerate(group_runs(runs), start=1):
+        lines += group_section(
+            group, labels, directory, figures / f"val_psnr_{index}_{group.task}.png"
+        )
+    lines += ["## Runs", ""]
+    for run in runs:
+        lines += run_section(run, labels[run.name], directory, figures)
+    path = directory / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    groups: dict[str, Group] = {}
+    for run in runs:
+        task, data = task_name(run), data_settings(run)
+        key = json.dumps([task, data], sort_keys=True)
+        groups.setdefault(key, Group(task, data, [])).runs.append(run)
+    return list(groups.values())
+
+
+def task_name(run: Run) -> str:
+    return run.metrics.get("task") or get_class(run.config.task._target_).name
+
+
+def data_settings(run: Run) -> dict:
+    """The settings that decide a run's split, with a relative root made absolute as it ran."""
+    data = OmegaConf.to_container(run.config.data, resolve=True)
+    settings = {key: data.get(key) for key in DATA_KEYS}
+    root = Path(str(settings["root"])).expanduser()
+    if not root.is_absolute():
+        hydra_yaml = run.path / ".hydra" / "hydra.yaml"
+        cwd = (
+            yaml.safe_load(hydra_yaml.read_text())["hydra"]["runtime"]["cwd"]
+            if hydra_yaml.is_file()
+            else "."
+        )
+        root = Path(cwd) / root
+    return {**settings, "root": str(root), "cache_dir": data.get("cache_dir")}
+
+
+def load_splits(data: dict) -> dict[str, torch.Tensor]:
+    """The uint8 RGB train/val/test splits exactly as the runs had them (never downloads)."""
+    settings = {key: value for key, value in data.items() if key in (*DATA_KEYS, "cache_dir")}
+    datamodule = ImageDataModule(**settings, download=False, color_space="rgb")
+    datamodule.setup()
+    return datamodule.splits
+
+
+def group_section(group: Group, labels: dict[str, str], directory: Path, chart: Path) -> list[str]:
+    data = group.data
+    sizes = next((run.metrics["data"] for run in group.runs if run.metrics.get("data")), {})
+    sizes_text = ", ".join(
+        f"{name} {sizes[name]:,}" for name in ("train", "val", "test") if name in sizes
+    )
+    lines = [
+        f"## Test metrics: {group.task}",
+        "",
+        f"Data: {data['source']} `{data['root']}`, {data['split']} split"
+        + (f" ({sizes_text} images)." if sizes_text else "."),
+        "",
+    ]
+    baselines = baselines_for(group)
+    done = [run_row(run, labels[run.name]) for run in group.runs if run.completed]
+    if baselines.bce_floor is not None:
+        for row in done + baselines.rows:
+            row.scores["bce_excess"] = row.scores["bce"] - baselines.bce_floor
+    ranked = sorted(done + baselines.rows, key=lambda row: -row.scores.get("psnr", float("-inf")))
+    others = [run_row(run, labels[run.name]) for run in group.runs if not run.completed]
+    lines += markdown_table(ranked + others, SCORE_COLUMNS[group.task])
+    lines += ["", *[f"- {note}" for note in baselines.notes], ""]
+    curves = {
+        f"{run.name}: {labels[run.name]}": read_curves(run.path).get("val/psnr")
+        for run in group.runs
+    }
+    curves = {label: curve for label, curve in curves.items() if curve}
+    if curves:
+        plot_curves(curves, chart, f"{group.task}: validation psnr per epoch", "val psnr (dB)")
+        lines += [f"![val psnr per epoch]({_link(chart, directory)})", ""]
+    return lines
+
+
+def run_row(run: Run, label: str) -> Row:
+    if not run.completed:
+        detail = run.detail if len(run.detail) <= 200 else run.detail[:199] + "…"
+        return Row(run.name, label, run.status, note=detail)
+    model = run.metrics.get("model", {})
+    note = (
+        ""
+        if model.get("has_bottleneck", True)
+        else "no bottleneck: the code is no smaller than the input"
+    )
+    scores = {key: value for key, value in run.metrics.get("test", {}).items() if "/" not in key}
+    return Row(
+        run.name,
+        label,
+        "completed",
+        scores,
+        model.get("latent_size"),
+        model.get("compression"),
+        model.get("parameters"),
+        run.timing.get("mean_seconds_per_epoch"),
+        note,
+    )
+
+
+def baselines_for(group: Group) -> Baselines:
+    """What the group's runs are measured against: baseline rows, the BCE floor, notes on both."""
+    done = [run for run in group.runs if run.completed]
+    if group.task == "colorization":
+        return colorization_baselines(done)
+    try:
+        splits = load_splits(group.data)
+    except AelabError as error:
+        return Baselines(notes=[f"Baselines skipped: the runs' data could not be loaded. {error}"])
+    test = to_unit(splits["test"])
+    input_size = test[0].numel()
+    latent_sizes = [run.metrics["model"]["latent_size"] for run in done]
+    cache_dir = Path(group.data["cache_dir"] or "~/.cache/aelab").expanduser()
+    rows = [
+        Row(
+            "baseline",
+            baseline.name,
+            "baseline",
+            baseline.scores,
+            baseline.latent_size,
+            round(input_size / baseline.latent_size, 4),
+            baseline.parameters,
+        )
+        for baseline in reconstruction_baselines(splits, latent_sizes, cache_dir)
+    ]
+    floor = binary_entropy_floor(test)
+    notes = [
+        f"BCE against continuous pixel values cannot reach 0: its floor, reached only by a perfect "
+        f"reconstruction, is the mean binary entropy of the test pixels, {floor:.4f} here. "
+        "`bce − floor` is the part a model can still remove.",
+        "PCA, k = n: the best linear autoencoder with an n-value code, fitted on the train split "
+        f"({len(splits['train']):,} images); a code of {input_size:,} values or more copies the "
+        "input exactly, so runs without a bottleneck get no PCA row.",
+    ]
+    return Baselines(rows, floor, notes)
+
+
+def colorization_baselines(done: list[Run]) -> Baselines:
+    """The grayscale prediction (a = b = 0), which every colorization run scores on its test split."""
+    test = done[0].metrics.get("test", {}) if done else {}
+    scores = {
+        key.removeprefix("baseline/"): v for key, v in test.items() if key.startswith("baseline/")
+    }
+    if not scores:
+        return Baselines()
+    row = Row("baseline", "grayscale (a = b = 0)", "baseline", scores, parameters=0)
+    note = (
+        "ΔE: mean CIE76 colour difference from the true image (Lab units). chroma: mean √(a² + b²) "
+        f"of the predicted colours; the true colours have {test.get('chroma_true', float('nan')):.2f}, "
+        "so a chroma far below it means washed-out, near-gray predictions."
+    )
+    return Baselines([row], notes=[note])
+
+
+def markdown_table(rows: list[Row], score_columns: list[tuple[str, str, int]]) -> list[str]:
+    headers = ["run", "overrides", "status", *(header for _, header, _ in score_columns)]
+    headers += ["latent", "compression", "parameters", "s/epoch", "note"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [f"`{row.run}`" if row.status != "baseline" else "baseline", row.label, row.status]
+        cells += [_number(row.scores.get(key), digits) for key, _, digits in score_columns]
+        cells += [
+            _number(row.latent_size, 0),
+            f"{row.compression:.2f}×" if row.compression else "—",
+            _number(row.parameters, 0),
+            _number(row.seconds_per_epoch, 2),
+            row.note,
+        ]
+        lines.append(
+            "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+        )
+    return lines
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def run_section(run: Run, label: str, directory: Path, figures: Path) -> list[str]:
+    lines = [f"### `{run.name}`: {label}", ""]
+    if not run.completed:
+        lines += [f"**{run.status}**: {run.detail}", ""]
+    loss = run.metrics.get("loss") or run.config.task.get("loss", "")
+    chart = figures / f"loss_{run.name.replace('/', '_')}.png"
+    if plot_losses(read_curves(run.path), loss, chart, f"{run.name}: {label}"):
+        lines += [f"![loss per epoch]({_link(chart, directory)})", ""]
+    else:
+        lines += ["No curves logged (logger=none, or it stopped before its first epoch).", ""]
+    preview = run.path / "preview.png"
+    if preview.is_file():
+        caption = PREVIEW_CAPTIONS.get(task_name(run), "preview")
+        lines += [f"![{caption}]({_link(preview, directory)})", "", f"*{caption}*", ""]
+    return lines
+
+
+def _link(path: Path, directory: Path) -> str:
+    return Path(os.path.relpath(path, directory)).as_posix()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The report on a real 2×2 smoke multirun, plus a crashed, a killed and a running run beside it."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from aelab.baselines import binary_entropy_floor, to_unit
+from aelab.data import ImageDataModule
+from aelab.errors import AelabError
+from aelab.report import write_report
+from aelab.runs import Run, describe_differences, find_runs, run_status
+from aelab.train import train
+from tests.conftest import compose_config
+from tests.test_sweeps import REPO, run_train
+
+LABELS = {
+    "0": "loss=bce pooling=max",
+    "1": "loss=bce pooling=none",
+    "2": "loss=mse pooling=max",
+    "3": "loss=mse pooling=none",
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(image_folder, tmp_path_factory) -> Path:
+    """Jobs 0-3: a 2×2 multirun; 4: a run that failed; 5: still running; 6: died before training."""
+    root = tmp_path_factory.mktemp("report")
+    sweep = root / "sweep"
+    smoke = [
+        "debug=smoke", "data=folder", f"data.root={image_folder}", "data.subset=null",
+        f"paths.cache_dir={root / 'cache'}", "trainer.accelerator=cpu",
+    ]  # fmt: skip
+    result = run_train(
+        "-m", "loss=bce,mse", "pooling=max,none", *smoke, f"hydra.sweep.dir={sweep}", cwd=root
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    failing = run_train(
+        *smoke, "+trainer.no_such_argument=1", f"hydra.run.dir={sweep / '4'}", cwd=root
+    )
+    assert failing.returncode == 1, failing.stderr[-3000:]
+    for job in ("5", "6"):
+        shutil.copytree(sweep / "0" / ".hydra", sweep / job / ".hydra")
+    running = {"status": "running", "pid": os.getpid(), "host": socket.gethostname()}
+    (sweep / "5" / "metrics.json").write_text(json.dumps(running))
+    write_report(sweep)
+    return sweep
+
+
+def table_rows(report: str) -> list[dict[str, str]]:
+    """Every row of the report's tables as {column header: cell}."""
+    rows, headers = [], None
+    for line in report.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if not line.startswith("|"):
+            headers = None
+        elif cells[0] == "run":
+            headers = cells
+        elif headers and not line.startswith("|---"):
+            rows.append(dict(zip(headers, cells, strict=True)))
+    return rows
+
+
+def test_the_table_lists_every_run_with_its_overrides_and_status(sweep):
+    rows = {row["run"].strip("`"): row for row in table_rows((sweep / "report.md").read_text())}
+    assert set(rows) == {"0", "1", "2", "3", "4", "5", "6", "baseline"}
+    for job, label in LABELS.items():
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        row = rows[job]
+        assert (row["overrides"], row["status"]) == (label, "completed")
+        assert row["psnr (dB)"] == f"{metrics['test']['psnr']:.2f}"
+        assert row["ssim"] == f"{metrics['test']['ssim']:.4f}"
+        assert row["latent"] == f"{metrics['model']['latent_size']:,}"
+        seconds = json.loads((sweep / job / "timing.json").read_text())["mean_seconds_per_epoch"]
+        assert row["s/epoch"] == f"{seconds:.2f}"
+        assert ("no bottleneck" in row["note"]) is label.endswith("none")
+    assert (rows["4"]["overrides"], rows["4"]["status"]) == (
+        "+trainer.no_such_argument=1",
+        "crashed",
+    )
+    assert "no_such_argument" in rows["4"]["note"]
+    assert rows["5"]["status"] == "running" and f"pid {os.getpid()}" in rows["5"]["note"]
+    assert rows["6"]["status"] == "crashed" and "no metrics.json" in rows["6"]["note"]
+
+
+def test_runs_and_baselines_are_ranked_best_first_then_the_unfinished(sweep):
+    rows = table_rows((sweep / "report.md").read_text())
+    ranked = [row for row in rows if row["status"] in ("completed", "baseline")]
+    assert rows[: len(ranked)] == ranked and len(ranked) == 6
+    psnr = [float(row["psnr (dB)"]) for row in ranked]
+    assert psnr == sorted(psnr, reverse=True)
+    assert {row["overrides"] for row in ranked if row["status"] == "baseline"} == {
+        "avg-pool to 8×8 + bicubic",
+        "PCA, k = 1,024",  # the max-pooling runs' latent; none for the 16,384-value ones
+    }
+
+
+def test_bce_minus_floor_uses_the_runs_own_test_split(sweep, image_folder):
+    data = ImageDataModule(
+        source="folder", root=str(image_folder), cache_dir=str(sweep.parent / "cache")
+    )
+    data.setup()
+    floor = binary_entropy_floor(to_unit(data.splits["test"]))
+    report = (sweep / "report.md").read_text()
+    assert f"{floor:.4f} here" in report
+    for row in table_rows(report):
+        if row["status"] in ("completed", "baseline"):
+            assert float(row["bce − floor"]) == pytest.approx(float(row["bce"]) - floor, abs=2e-4)
+
+
+def test_every_figure_and_grid_the_report_links_is_a_png(sweep):
+    report = (sweep / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert "figures/val_psnr_1_reconstruction.png" in links
+    assert {f"figures/loss_{job}.png" for job in LABELS} | {
+        f"{job}/preview.png" for job in LABELS
+    } <= set(links)
+    for link in links:
+        with Image.open(sweep / link) as image:
+            assert image.format == "PNG" and min(image.size) > 50
+    assert "No curves logged" in report.split("### `4`")[1]
+
+
+def test_a_single_run_dir_gets_its_own_report(sweep, tmp_path):
+    run_dir = shutil.copytree(sweep / "2", tmp_path / "one-run")
+    text = write_report(run_dir).read_text()
+    rows = [row for row in table_rows(text) if row["status"] == "completed"]
+    assert [(row["run"], row["overrides"]) for row in rows] == [("`one-run`", "one-run")]
+    assert "(preview.png)" in text and "loss=mse" in text
+
+
+def test_a_dir_without_runs_fails_clearly(tmp_path):
+    with pytest.raises(AelabError, match="holds no runs"):
+        write_report(tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "holds no runs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_runs_are_found_in_job_order(tmp_path):
+    for job in ("10", "2", "1"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    assert [run.name for run in find_runs(tmp_path)] == ["1", "2", "10"]
+
+
+def test_labels_are_the_overrides_that_differ(tmp_path):
+    def run(name, *overrides):
+        return Run(name, tmp_path, "completed", "", None, list(overrides))
+
+    runs = [
+        run("0", "debug=smoke", "loss=bce", "seed=1"),
+        run("1", "debug=smoke", "loss=mse", "seed=1"),
+    ]
+    runs.append(run("2", "debug=smoke", "loss=mse", "seed=1", "+model.activation=gelu"))
+    common, labels = describe_differences(runs)
+    assert common == ["debug=smoke", "seed=1"]
+    assert labels == {"0": "loss=bce", "1": "loss=mse", "2": "loss=mse +model.activation=gelu"}
+    assert describe_differences(runs[:1]) == (runs[0].overrides, {"0": "0"})
+
+
+def test_status_tells_running_from_dead():
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    gone = int(finished.stdout)
+    here = socket.gethostname()
+    assert run_status(None)[0] == "crashed"
+    assert run_status({"status": "completed"}) == ("completed", "")
+    assert run_status({"status": "failed", "error": "boom"}) == ("crashed", "failed: boom")
+    assert run_status({"status": "running", "pid": os.getpid(), "host": here})[0] == "running"
+    assert run_status({"status": "running", "pid": gone, "host": here})[0] == "crashed"
+    assert run_status({"status": "running", "pid": 1, "host": "elsewhere"})[0] == "running"
+
+
+def test_a_colorization_run_is_tabled_against_the_grayscale_prediction(smoke_overrides, tmp_path):
+    run_dir = tmp_path / "colorization"
+    overrides = [*smoke_overrides, "task=colorization"]
+    cfg = compose_config(overrides, run_dir)
+    train(cfg, run_dir)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+    test = json.loads((run_dir / "metrics.json").read_text())["test"]
+    report = write_report(run_dir).read_text()
+    rows = {row["status"]: row for row in table_rows(report)}
+    assert set(rows) == {"completed", "baseline"}
+    for status, prefix in (("completed", ""), ("baseline", "baseline/")):
+        assert rows[status]["RGB psnr (dB)"] == f"{test[prefix + 'psnr']:.2f}"
+        assert rows[status]["ΔE"] == f"{test[prefix + 'delta_e']:.2f}"
+        assert rows[status]["chroma"] == f"{test[prefix + 'chroma']:.2f}"
+    assert rows["baseline"]["overrides"] == "grayscale (a = b = 0)"
+    assert f"the true colours have {test['chroma_true']:.2f}" in report
+    assert "rows: the gray input, the predicted colours, the true colours" in report
