@@ -160,9 +160,11 @@ def test_two_runs_started_together_get_their_own_dirs(image_folder, tmp_path):
     """Default run dirs carry microseconds, so same-second starts cannot share (and clobber) a dir."""
     args = ["debug=smoke", "data=folder", f"data.root={image_folder}", "data.subset=null",
             f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", "trainer.max_epochs=1"]  # fmt: skip
+    command = [sys.executable, str(REPO / "train.py"), *args]
     processes = [
-        subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     for process in processes:
