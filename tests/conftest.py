@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from aelab.train import CONFIG_DIR
+from aelab import CONFIG_DIR
 
 CLASSES = ("cats", "ships")
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from aelab import CONFIG_DIR
 from aelab.errors import AelabError
 from aelab.runs import read_curves
-from aelab.train import CONFIG_DIR, available_cores, threads_per_job
+from aelab.train import available_cores, threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from aelab.train import CONFIG_DIR, build, train
+from aelab import CONFIG_DIR
+from aelab.train import build, train
 from tests.conftest import compose_config
 
 REPO = Path(__file__).resolve().parents[1]

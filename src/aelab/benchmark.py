@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from aelab import CONFIG_DIR
 from aelab.color import rgb_to_lab_normalized
-from aelab.train import CONFIG_DIR, build, train
+from aelab.train import build, train
 
 TASKS = ("reconstruction", "colorization")
 PATHS = ("aelab", "floor", "recipe")

@@ -1,6 +1,8 @@
-"""The Hydra entry point: check the config, build everything from it, fit, test, write results.
+"""One run: check the config, build everything from it, fit, test, write results.
 
 Everything is instantiated here and only here; the other modules never read the config.
+aelab.cli holds the Hydra entry point and imports this module only once the command line has
+been parsed, so `python train.py --help` does not wait for torch and Lightning.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import socket
 import sys
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -29,8 +30,6 @@ from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 
 log = logging.getLogger("aelab")
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
@@ -194,8 +193,8 @@ def discard_unused_run_dir(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
+    """What `python train.py` does with its config: train, or explain a mistake and exit 2."""
     output_dir = Path(cfg.paths.output_dir)
     try:
         torch.set_num_threads(
