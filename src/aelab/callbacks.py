@@ -55,6 +55,14 @@ class EpochTimer(L.Callback):
         self._start = 0.0
         self._train_end: float | None = None
 
+    def state_dict(self) -> dict[str, list[float]]:
+        """In every checkpoint, so a resumed run's timing.json covers the epochs before the kill."""
+        return {"epoch_seconds": self.epoch_seconds, "images_per_second": self.images_per_second}
+
+    def load_state_dict(self, state_dict: dict[str, list[float]]) -> None:
+        self.epoch_seconds = list(state_dict["epoch_seconds"])
+        self.images_per_second = list(state_dict["images_per_second"])
+
     def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         self._start, self._train_end = time.perf_counter(), None
 

@@ -1,15 +1,28 @@
-"""The Hydra entry point of train.py: parse the command line, then hand over to aelab.train."""
+"""The entry point of train.py: resume=RUN_DIR rewritten, then Hydra, then aelab.train."""
 
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from aelab import CONFIG_DIR
+from aelab.errors import AelabError
+from aelab.resume import resume_arguments
+
+
+def main() -> float | None:
+    try:
+        sys.argv[1:] = resume_arguments(sys.argv[1:])
+    except AelabError as error:
+        print(f"\naelab: {error}\n", file=sys.stderr)
+        sys.exit(2)
+    return hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     from aelab.train import run  # torch and Lightning load only when there is a run to do
 
     return run(cfg)

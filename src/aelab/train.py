@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -23,13 +24,28 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
 from aelab.callbacks import EpochTimer
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
+from aelab.reliability import (
+    AtomicCheckpointIO,
+    FlushLogsWithCheckpoints,
+    RandomStates,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 
 log = logging.getLogger("aelab")
+
+# Lightning looks for the mid-epoch position on the train DataLoader; aelab keeps it in
+# ImageDataModule.state_dict (Lightning fetches a batch ahead, so only its own progress counter
+# knows how many batches were trained on), so this warning about a mid-epoch resume is wrong here.
+warnings.filterwarnings(
+    "ignore", "You're resuming from a checkpoint that ended before the epoch", PossibleUserWarning
+)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
@@ -105,6 +121,9 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
     datamodule.setup("fit")  # data errors surface here, before a logger or checkpoint exists
     output_dir.mkdir(parents=True, exist_ok=True)
     write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
+    resume_from = output_dir / "checkpoints" / "last.ckpt" if cfg.get("resume") else None
+    if resume_from:
+        log.info("Resuming from %s", resume_from)
 
     model_facts = bottleneck(task.model, datamodule.image_size)
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
@@ -112,13 +131,16 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     timer = EpochTimer()
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=[*callbacks, timer]
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=[*callbacks, timer, RandomStates(), FlushLogsWithCheckpoints()],
+        plugins=[AtomicCheckpointIO()],
     )
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
+        if isinstance(logger, TensorBoardLogger) and not resume_from:
             logger.experiment.add_text("model/bottleneck", model_facts["summary"])
 
-    trainer.fit(task, datamodule=datamodule)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
     val_psnr = trainer.callback_metrics.get("val/psnr")
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     (test_metrics,) = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
@@ -202,10 +224,16 @@ def run(cfg: DictConfig) -> float | None:
         )
         log.info("Torch threads: %d", torch.get_num_threads())
         return train(cfg, output_dir)
+    except TrainingInterrupted as stop:
+        resume = f"python train.py resume={output_dir}"
+        write_status(output_dir, "interrupted", error=str(stop), resume=resume)
+        print(f"\naelab: {stop}. Continue with: {resume}\n", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except AelabError as error:
         discard_unused_run_dir(output_dir)
         if output_dir.is_dir():
-            write_status(output_dir, "failed", error=str(error))
+            status = "diverged" if isinstance(error, TrainingDiverged) else "failed"
+            write_status(output_dir, status, error=str(error))
         print(f"\naelab: {error}\n", file=sys.stderr)
         sys.exit(2)
     except BaseException as error:

@@ -23,15 +23,26 @@ class EpochBatches(Sampler[torch.Tensor]):
     """Yields index batches; with shuffle, epoch e's order is a permutation seeded by (seed, e).
 
     Lightning calls set_epoch before each training epoch, so the order depends only on the seed
-    and the epoch number, never on how many random numbers were drawn elsewhere.
+    and the epoch number, never on how many random numbers were drawn elsewhere. A resumed run
+    calls resume_at, so its first iteration continues that epoch's order after the batches the
+    interrupted run had already trained on.
     """
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.epoch = 0
+        self.skip = 0  # batches of this epoch to leave out of the next iteration only
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Continue `epoch` after its first `batches_done` batches (a whole epoch: the next one)."""
+        if batches_done >= len(self):
+            epoch, batches_done = epoch + 1, 0
+        self.epoch, self.skip = epoch, batches_done
 
     def order(self) -> torch.Tensor:
         if not self.shuffle:
@@ -40,7 +51,8 @@ class EpochBatches(Sampler[torch.Tensor]):
         return torch.randperm(self.size, generator=generator)
 
     def __iter__(self):
-        yield from self.order().split(self.batch_size)
+        skip, self.skip = self.skip, 0
+        yield from self.order().split(self.batch_size)[skip:]
 
     def __len__(self) -> int:
         return -(-self.size // self.batch_size)

@@ -68,6 +68,7 @@ class ImageDataModule(L.LightningDataModule):
         self.on_device = on_device
         self.splits: dict[str, torch.Tensor] = {}
         self._device_splits: dict[str, torch.Tensor] = {}
+        self._resume_position: tuple[int, int] | None = None
 
     def prepare_data(self) -> None:
         """Download once (Lightning calls this on one process only)."""
@@ -96,7 +97,30 @@ class ImageDataModule(L.LightningDataModule):
         return {name: len(images) for name, images in self.splits.items()}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        loader = self._loader("train", self.batch_size, shuffle=True)
+        if self._resume_position is not None:
+            loader.sampler.resume_at(*self._resume_position)
+            self._resume_position = None
+        return loader
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the epoch order, saved in every checkpoint.
+
+        The count comes from Lightning's own progress (batch_idx), not from the sampler: Lightning
+        fetches one batch ahead, so the sampler has always handed out one more than was trained on.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        return {
+            "train_epoch": trainer.current_epoch,
+            "train_batches_done": trainer.fit_loop.epoch_loop.batch_idx + 1,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """A resumed run's first training loader continues the epoch after the batches done."""
+        if state_dict:
+            self._resume_position = (state_dict["train_epoch"], state_dict["train_batches_done"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -55,7 +55,7 @@ class ConvAutoEncoder(nn.Module):
         decoder: list[nn.Module] = []
         decoder_widths = [*reversed(widths[1:-1]), out_channels]
         for index, width in enumerate(decoder_widths):
-            if pool is not None:
+            if pool is not None and len(widths) > 1:  # one upsample per encoder pooling
                 decoder.append(nn.Upsample(scale_factor=2, mode=upsample_mode))
             decoder.append(self._conv(previous, width))
             if index < len(decoder_widths) - 1:

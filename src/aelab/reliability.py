@@ -1,0 +1,192 @@
+"""What keeps a run recoverable: whole checkpoints with everything an exact resume needs, a
+checkpoint when the scheduler says stop, and a stop at the first non-finite loss.
+
+The data position lives in ImageDataModule.state_dict and the loop position in Lightning's own
+loop state; these pieces add what Lightning leaves out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from aelab.errors import AelabError
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write a checkpoint beside its target, fsync it, rename it into place.
+
+    A kill during a save leaves the previous file whole. Lightning's own save goes through an
+    fsspec transaction that writes to the system temp dir and then moves the file; when that dir
+    is on another file system the move is a copy, which a kill can cut short.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+
+class RandomStates(L.Callback):
+    """Saves the torch, CUDA, numpy and Python random states in every checkpoint, and restores them
+    on resume, so whatever draws random numbers after a resume draws the same ones.
+
+    Plain types and tensors only, so checkpoints still load with torch.load(weights_only=True).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, position, has_gauss, cached_gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": [name, keys.tolist(), position, has_gauss, cached_gauss],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        name, keys, position, has_gauss, cached_gauss = state_dict["numpy"]
+        np.random.set_state(
+            (name, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gauss)
+        )
+        random.setstate(state_dict["python"])
+
+
+class FlushLogsWithCheckpoints(L.Callback):
+    """Writes the loggers' buffers to disk with every checkpoint (TensorBoard flushes only every
+    two minutes), so after a kill the curves hold every value logged before the last checkpoint."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, task: L.LightningModule, checkpoint) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal arrived; last.ckpt holds the step it stopped after."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"{signal.Signals(signum).name} received; saved {checkpoint}")
+
+
+class TrainingDiverged(AelabError):
+    """The training loss became NaN or infinite; no checkpoint holds the broken weights."""
+
+
+class SaveOnSignal(L.Callback):
+    """On SIGTERM (a scheduler's stop) or SIGUSR1 (SLURM's warning before a requeue): finish the
+    current step, save last.ckpt, and stop with TrainingInterrupted.
+
+    The handler only records the signal; the save happens between steps, where the state is whole.
+    """
+
+    def __init__(self, dirpath: str, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")) -> None:
+        self.dirpath, self.signals = Path(dirpath), tuple(signals)
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        """Installed here, after Lightning's own SIGTERM handler, which it replaces: Lightning's
+        would end the run at its next check without a checkpoint (exit status 0)."""
+        self.received = None
+        if threading.current_thread() is threading.main_thread():
+            for name in self.signals:
+                number = signal.Signals[name]
+                self._previous[number] = signal.signal(number, self._receive)
+
+    def _receive(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, task, outputs, batch, batch_idx: int) -> None:
+        if self.received is None:
+            return
+        checkpoint = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(checkpoint)
+        log.info("%s: saved %s", signal.Signals(self.received).name, checkpoint)
+        raise TrainingInterrupted(self.received, checkpoint)
+
+    def teardown(self, trainer: L.Trainer, task: L.LightningModule, stage: str) -> None:
+        for number, handler in self._previous.items():
+            if signal.getsignal(number) == self._receive:
+                signal.signal(number, handler)
+        self._previous = {}
+
+
+class StopOnDivergence(L.Callback):
+    """Stops at the first NaN or infinite training loss, naming its epoch and step.
+
+    Checkpoint callbacks run after every other callback, so raising here keeps the broken weights
+    out of every checkpoint. On the CPU each step is checked; on an accelerator the finiteness
+    flags stay on the device and are read (one host sync) every `check_every_n_steps` steps and
+    before the epoch's checkpoint, so set it to the step-checkpoint cadence.
+    """
+
+    def __init__(self, check_every_n_steps: int = 1) -> None:
+        self.check_every_n_steps = max(int(check_every_n_steps), 1)
+        self._pending: list[tuple[torch.Tensor, int, int, int]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, task, outputs, batch, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        where = (trainer.current_epoch, batch_idx, trainer.global_step)
+        self._pending.append((torch.isfinite(loss.detach()), *where))
+        at_checkpoint = trainer.global_step % self.check_every_n_steps == 0
+        if loss.device.type == "cpu" or at_checkpoint:
+            self._check()
+
+    def on_validation_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        self._check()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, task: L.LightningModule, checkpoint) -> None:
+        """The last line of defence: a step can turn the weights non-finite while its loss, computed
+        before the step, was still finite; such weights never reach a checkpoint file."""
+        self._check()
+        broken = [name for name, value in task.named_parameters() if not value.isfinite().all()]
+        if broken:
+            raise TrainingDiverged(
+                f"The weights became NaN or infinite by step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}; {', '.join(broken[:3])}). The run stopped without "
+                "saving them; its checkpoints hold the last finite weights. Lower optimizer.lr "
+                "(the default is 1e-3)."
+            )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if not self._pending:
+            return
+        finite = torch.stack([flag for flag, *_ in self._pending]).cpu()
+        pending, self._pending = self._pending, []
+        if bool(finite.all()):
+            return
+        _, epoch, batch, step = pending[int((~finite).nonzero()[0])]
+        raise TrainingDiverged(
+            f"The training loss became NaN or infinite at step {step} (epoch {epoch}, batch "
+            f"{batch} of that epoch). The run stopped; its checkpoints hold the last weights "
+            "saved before that step. Lower "
+            "optimizer.lr (the default is 1e-3), or check the data for broken images."
+        )
