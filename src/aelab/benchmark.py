@@ -5,8 +5,9 @@
 (b) floor: a bare PyTorch loop over the same network, batch size and in-memory uint8 data;
 (c) recipe: the usual Lightning recipe — ImageFolder with per-sample ToTensor (and per-sample Lab
     for colorization), shuffled DataLoader with worker processes — feeding the same task.
-Each path runs `epochs` epochs of `batches` batches; the first warms up and is not counted. The
-table gives the median and the range of the rest.
+Each path runs `repeats` times, the paths taking turns; each run trains `epochs` epochs of `batches`
+batches, the first of which warms up and is not counted. The table gives the median and the range
+of the counted epochs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -138,11 +140,21 @@ def recipe_rates(
 
 
 def measure(
-    root: Path, tasks: list[str], epochs: int, batches: int, accelerator: str, workers: int
+    root: Path,
+    tasks: list[str],
+    repeats: int,
+    epochs: int,
+    batches: int,
+    accelerator: str,
+    workers: int,
 ) -> dict[tuple[str, str], list[float]]:
-    """Measured images/s per (task, path), warm-up epoch dropped."""
+    """Measured images/s per (task, path), warm-up epochs dropped.
+
+    The paths take turns, repeat after repeat (a, b, c, a, b, c, ...), so that a slow spell of a
+    shared machine lands on all three instead of on whichever ran then.
+    """
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
-    results = {}
+    results: dict[tuple[str, str], list[float]] = {}
     for task in tasks:
         overrides = [
             f"task={task}",
@@ -151,11 +163,14 @@ def measure(
             f"trainer.accelerator={accelerator}",
             "+trainer.limit_val_batches=2",
         ]
-        results[(task, "aelab")] = aelab_rates(overrides, epochs, batches)[1:]
-        results[(task, "floor")] = floor_rates(overrides, epochs, batches, device)[1:]
-        results[(task, "recipe")] = recipe_rates(
-            overrides, root, epochs, batches, accelerator, workers
-        )[1:]
+        runs = {
+            "aelab": partial(aelab_rates, overrides, epochs, batches),
+            "floor": partial(floor_rates, overrides, epochs, batches, device),
+            "recipe": partial(recipe_rates, overrides, root, epochs, batches, accelerator, workers),
+        }
+        for _ in range(repeats):
+            for path, run in runs.items():
+                results.setdefault((task, path), []).extend(run()[1:])
     return results
 
 
@@ -196,8 +211,9 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument(
-        "--epochs", type=int, default=4, help="epochs per path; the first is warm-up"
+        "--epochs", type=int, default=2, help="epochs per run; the first is warm-up"
     )
+    parser.add_argument("--repeats", type=int, default=5, help="runs per path, interleaved")
     parser.add_argument("--batches", type=int, default=100, help="training batches per epoch")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the recipe")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
@@ -205,13 +221,16 @@ def main(argv: list[str] | None = None) -> str:
     accelerator = args.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    results = measure(args.root, args.tasks, args.epochs, args.batches, accelerator, args.workers)
+    results = measure(
+        args.root, args.tasks, args.repeats, args.epochs, args.batches, accelerator, args.workers
+    )
     device = torch.cuda.get_device_name() if accelerator == "gpu" else platform.processor() or "cpu"
     header = {
         "device": f"{accelerator} ({device}, {os.cpu_count()} cores)",
         "versions": f"torch {torch.__version__}, lightning {L.__version__}",
         "threads": str(torch.get_num_threads()),
-        "settings": f"{args.batches} batches × {args.epochs - 1} measured epochs (+1 warm-up), "
+        "settings": f"{args.repeats} interleaved repeats × {args.epochs - 1} measured epoch(s) of "
+        f"{args.batches} batches (+1 warm-up epoch each), "
         f"recipe workers {args.workers}",
     }
     table = format_table(results, header)
