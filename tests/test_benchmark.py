@@ -7,7 +7,8 @@ from aelab.benchmark import main
 
 def test_benchmark_prints_a_row_per_task_and_path_with_ratios(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # the folder cache goes to a throwaway ~/.cache
-    table = main(["--root", str(image_folder), "--repeats", "1", "--epochs", "2", "--batches", "2", "--workers", "0"])
+    tiny = ["--repeats", "1", "--epochs", "2", "--batches", "2", "--workers", "0"]
+    table = main(["--root", str(image_folder), *tiny])
     rows = [line for line in table.splitlines() if line.startswith("| ") and "images/s" not in line]
     assert len(rows) == 6
     for task in ("reconstruction", "colorization"):
