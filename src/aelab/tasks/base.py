@@ -54,6 +54,9 @@ class AutoEncoderTask(L.LightningModule):
         stages = ("val", "test")
         self.scores = nn.ModuleDict({stage: ScoreMeans(self.score_names) for stage in stages})
         self.baseline_scores = nn.ModuleDict({s: ScoreMeans(self.score_names) for s in stages})
+        # The epoch's training loss, summed (a buffer, so it follows the model to its device).
+        self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
+        self._loss_images = 0
 
     # What a task defines ------------------------------------------------------------------------
     def split_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,13 +82,23 @@ class AutoEncoderTask(L.LightningModule):
         """Logits for a batch of inputs in the task's colour space."""
         return self.model(inputs.contiguous(memory_format=self.memory_format))
 
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum.zero_()
+        self._loss_images = 0
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, targets = self.split_batch(batch)
         loss = self.loss_fn(self(inputs), targets)
-        self.log(
-            "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch)
-        )
+        # Summed here and logged once per epoch: self.log on every step is Lightning's largest
+        # per-step cost on this tiny network (scripts/benchmark.py), and only the mean is shown.
+        self._loss_sum.add_(loss.detach() * len(batch))
+        self._loss_images += len(batch)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_images:
+            mean = self._loss_sum / self._loss_images
+            self.log("train/loss", mean, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._evaluate(batch, "val")
