@@ -108,7 +108,7 @@ class AutoEncoderTask(L.LightningModule):
 
     def _evaluate(self, batch: torch.Tensor, stage: str) -> None:
         inputs, targets = self.split_batch(batch)
-        logits = self(inputs)
+        logits = self(inputs).float()  # scores in float32 even under bf16 autocast
         loss = self.loss_fn(logits, targets)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch))
         self._log_scores(stage, self.scores[stage], self.compute_scores(inputs, targets, logits))

@@ -23,7 +23,7 @@ class ColorizationTask(AutoEncoderTask):
         self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """ab error in normalised units; the rest on the image rebuilt with the true L."""
-        predicted_ab = torch.sigmoid(logits.float())
+        predicted_ab = torch.sigmoid(logits)
         predicted = torch.cat([inputs, predicted_ab], dim=1)
         truth = torch.cat([inputs, targets], dim=1)
         predicted_rgb, true_rgb = lab_normalized_to_rgb(predicted), lab_normalized_to_rgb(truth)
