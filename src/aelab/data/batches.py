@@ -1,4 +1,8 @@
-"""Batches as index slices of an in-memory uint8 tensor: no per-sample Python, no workers."""
+"""Batches as index slices of an in-memory uint8 tensor: no per-sample Python, no workers.
+
+Under DDP each rank iterates its own shard of the same order (EpochBatches knows its rank), so
+Lightning's DistributedSampler is switched off (trainer.use_distributed_sampler=false).
+"""
 
 from __future__ import annotations
 
@@ -26,10 +30,29 @@ class EpochBatches(Sampler[torch.Tensor]):
     and the epoch number, never on how many random numbers were drawn elsewhere. A resumed run
     calls resume_at, so its first iteration continues that epoch's order after the batches the
     interrupted run had already trained on.
+
+    With `ranks` > 1 (DDP), step k of every rank comes from the same block of the order, the
+    k-th `batch_size × ranks` images, cut into one part per rank, so the ranks' shards are
+    disjoint and cover the order. Training needs `same_steps`: each step all-reduces the gradients,
+    so a rank with one batch more would wait forever; a last block with fewer images than ranks is
+    then left out of that epoch (at most ranks − 1 images). Evaluation has no per-step collective,
+    so there a rank with nothing left just stops one batch early.
     """
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        ranks: int = 1,
+        same_steps: bool = True,
+    ) -> None:
+        if not 0 <= rank < ranks:
+            raise ValueError(f"rank must be in [0, {ranks}), got {rank}")
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.ranks, self.same_steps = rank, ranks, same_steps
         self.epoch = 0
         self.skip = 0  # batches of this epoch to leave out of the next iteration only
 
@@ -50,21 +73,40 @@ class EpochBatches(Sampler[torch.Tensor]):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.size, generator=generator)
 
+    def batches(self) -> list[torch.Tensor]:
+        """This rank's index batches of the current epoch, in order."""
+        blocks = self.order().split(self.batch_size * self.ranks)
+        parts = [block.tensor_split(self.ranks)[self.rank] for block in blocks]
+        if parts and (not len(parts[-1]) or (self.same_steps and len(blocks[-1]) < self.ranks)):
+            parts.pop()
+        return parts
+
     def __iter__(self):
         skip, self.skip = self.skip, 0
-        yield from self.order().split(self.batch_size)[skip:]
+        yield from self.batches()[skip:]
 
     def __len__(self) -> int:
-        return -(-self.size // self.batch_size)
+        full, rest = divmod(self.size, self.batch_size * self.ranks)
+        keeps_last = rest >= self.ranks or (rest > self.rank and not self.same_steps)
+        return full + (rest > 0 and keeps_last)
 
 
 def batch_loader(
-    images: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False
+    images: torch.Tensor,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    ranks: int = 1,
 ) -> DataLoader:
-    """A DataLoader whose every item is already a whole batch (batch_size=None)."""
+    """A DataLoader whose every item is already a whole batch (batch_size=None); shuffled loaders
+    (training) give every rank the same number of batches."""
     return DataLoader(
         IndexedImages(images),
-        sampler=EpochBatches(len(images), batch_size, shuffle, seed),
+        sampler=EpochBatches(
+            len(images), batch_size, shuffle, seed, rank, ranks, same_steps=shuffle
+        ),
         batch_size=None,
         num_workers=0,
         pin_memory=pin_memory,

@@ -29,7 +29,7 @@ class ImageDataModule(L.LightningDataModule):
     def __init__(
         self,
         source: str = "cifar10",
-        root: str = "data",
+        root: str | None = "data",
         download: bool = True,
         image_size: int = 32,
         split: str = "pooled",
@@ -58,6 +58,11 @@ class ImageDataModule(L.LightningDataModule):
             )
         if image_size <= 0:
             raise AelabError(f"data.image_size must be positive, got {image_size}.")
+        if not root:
+            raise AelabError(
+                f"data={source} needs data.root=PATH: the directory that holds the images "
+                "(PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg)."
+            )
         check_split_settings(split, val_fraction, test_fraction, subset)
         self.source, self.root, self.download = source, root, download
         self.image_size, self.cache_dir = image_size, cache_dir
@@ -129,15 +134,18 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        """On a GPU the whole uint8 split moves to it once and batches are sliced there."""
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        """On a GPU the whole uint8 split moves to it once and batches are sliced there; under
+        DDP each rank iterates its own shard of the same order (see EpochBatches)."""
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
         images = self.splits[split]
         if device.type == "cuda" and self.on_device:
             if split not in self._device_splits:
                 self._device_splits[split] = images.to(device)
             images = self._device_splits[split]
         pin = device.type == "cuda" and not self.on_device
-        return batch_loader(images, batch_size, shuffle, self.shuffle_seed, pin_memory=pin)
+        rank, ranks = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return batch_loader(images, batch_size, shuffle, self.shuffle_seed, pin, rank, ranks)
 
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
         return self.to_model_space(batch)
