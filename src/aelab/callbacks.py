@@ -73,13 +73,13 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         end = time.perf_counter()
         seconds = end - self._start
-        images = min(
+        images = min(  # every rank's images under DDP: the run's rate, not one device's
             len(trainer.datamodule.splits["train"]),
-            trainer.num_training_batches * trainer.datamodule.batch_size,
+            trainer.num_training_batches * trainer.datamodule.batch_size * trainer.world_size,
         )
         rate = images / ((self._train_end or end) - self._start)
         self.epoch_seconds.append(seconds)
         self.images_per_second.append(rate)
-        task.log("train/epoch_seconds", seconds, on_epoch=True)
-        task.log("train/images_per_sec", rate, on_epoch=True)
+        task.log("train/epoch_seconds", seconds, on_epoch=True, sync_dist=True)  # ranks' mean
+        task.log("train/images_per_sec", rate, on_epoch=True, sync_dist=True)
         log.info("epoch %d: %.1f s, %.0f training images/s", trainer.current_epoch, seconds, rate)

@@ -12,6 +12,7 @@ from functools import partial
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from aelab.errors import AelabError
 from aelab.metrics import ScoreMeans
@@ -54,6 +55,9 @@ class AutoEncoderTask(L.LightningModule):
         stages = ("val", "test")
         self.scores = nn.ModuleDict({stage: ScoreMeans(self.score_names) for stage in stages})
         self.baseline_scores = nn.ModuleDict({s: ScoreMeans(self.score_names) for s in stages})
+        # Metrics, not plain tensors, so that under DDP the epoch's loss is the mean over every
+        # rank's images (what best.ckpt is chosen by), not the mean of per-rank means.
+        self.losses = nn.ModuleDict({stage: MeanMetric() for stage in stages})
         # The epoch's training loss, summed (a buffer, so it follows the model to its device).
         self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
         self._loss_images = 0
@@ -97,8 +101,10 @@ class AutoEncoderTask(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._loss_images:
-            mean = self._loss_sum / self._loss_images
-            self.log("train/loss", mean, prog_bar=True, sync_dist=True)
+            # Summed over the ranks under DDP, so the mean is over every image of the epoch.
+            totals = torch.stack([self._loss_sum, self._loss_sum.new_tensor(self._loss_images)])
+            loss_sum, images = self.trainer.strategy.reduce(totals, reduce_op="sum")
+            self.log("train/loss", loss_sum / images, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -109,8 +115,8 @@ class AutoEncoderTask(L.LightningModule):
     def _evaluate(self, batch: torch.Tensor, stage: str) -> None:
         inputs, targets = self.split_batch(batch)
         logits = self(inputs).float()  # scores in float32 even under bf16 autocast
-        loss = self.loss_fn(logits, targets)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch))
+        self.losses[stage].update(self.loss_fn(logits, targets), weight=len(batch))
+        self.log(f"{stage}/loss", self.losses[stage], on_epoch=True, prog_bar=True)
         self._log_scores(stage, self.scores[stage], self.compute_scores(inputs, targets, logits))
         baseline = self.baseline_logits(inputs, targets)
         if baseline is not None and (stage == "test" or self.current_epoch == 0):  # once per run
