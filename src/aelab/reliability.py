@@ -96,14 +96,23 @@ class TrainingDiverged(AelabError):
 
 
 class SaveOnSignal(L.Callback):
-    """On SIGTERM (a scheduler's stop) or SIGUSR1 (SLURM's warning before a requeue): finish the
-    current step, save last.ckpt, and stop with TrainingInterrupted.
+    """On SIGTERM (a scheduler's stop), SIGUSR1 (`sbatch --signal=USR1@120`, SLURM's warning before
+    the time limit) or SIGUSR2 (submitit's): finish the current step, save last.ckpt, and stop with
+    TrainingInterrupted; aelab.requeue then has the job requeued where a scheduler runs it.
 
     The handler only records the signal; the save happens between steps, where the state is whole.
+    Under DDP the ranks agree every `sync_every_n_steps` steps whether any of them got a signal
+    (a `kill` reaches one process only), and then all save and stop at the same step.
     """
 
-    def __init__(self, dirpath: str, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")) -> None:
+    def __init__(
+        self,
+        dirpath: str,
+        signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2"),
+        sync_every_n_steps: int = 10,
+    ) -> None:
         self.dirpath, self.signals = Path(dirpath), tuple(signals)
+        self.sync_every_n_steps = max(int(sync_every_n_steps), 1)
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -120,12 +129,18 @@ class SaveOnSignal(L.Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, task, outputs, batch, batch_idx: int) -> None:
-        if self.received is None:
+        received = self.received is not None
+        if trainer.world_size > 1:
+            if trainer.global_step % self.sync_every_n_steps:
+                return
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received:
             return
+        signum = self.received or signal.SIGTERM  # another rank's signal
         checkpoint = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(checkpoint)
-        log.info("%s: saved %s", signal.Signals(self.received).name, checkpoint)
-        raise TrainingInterrupted(self.received, checkpoint)
+        log.info("%s: saved %s", signal.Signals(signum).name, checkpoint)
+        raise TrainingInterrupted(signum, checkpoint)
 
     def teardown(self, trainer: L.Trainer, task: L.LightningModule, stage: str) -> None:
         for number, handler in self._previous.items():
@@ -140,7 +155,8 @@ class StopOnDivergence(L.Callback):
     Checkpoint callbacks run after every other callback, so raising here keeps the broken weights
     out of every checkpoint. On the CPU each step is checked; on an accelerator the finiteness
     flags stay on the device and are read (one host sync) every `check_every_n_steps` steps and
-    before the epoch's checkpoint, so set it to the step-checkpoint cadence.
+    before the epoch's checkpoint, so set it to the step-checkpoint cadence. Under DDP the ranks
+    check together, at that cadence, so that all of them stop at the same step.
     """
 
     def __init__(self, check_every_n_steps: int = 1) -> None:
@@ -154,16 +170,16 @@ class StopOnDivergence(L.Callback):
         where = (trainer.current_epoch, batch_idx, trainer.global_step)
         self._pending.append((torch.isfinite(loss.detach()), *where))
         at_checkpoint = trainer.global_step % self.check_every_n_steps == 0
-        if loss.device.type == "cpu" or at_checkpoint:
-            self._check()
+        if (loss.device.type == "cpu" and trainer.world_size == 1) or at_checkpoint:
+            self._check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
-        self._check()
+        self._check(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, task: L.LightningModule, checkpoint) -> None:
         """The last line of defence: a step can turn the weights non-finite while its loss, computed
         before the step, was still finite; such weights never reach a checkpoint file."""
-        self._check()
+        self._check(trainer)
         broken = [name for name, value in task.named_parameters() if not value.isfinite().all()]
         if broken:
             raise TrainingDiverged(
@@ -174,15 +190,24 @@ class StopOnDivergence(L.Callback):
             )
 
     def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
-        self._check()
+        self._check(trainer)
 
-    def _check(self) -> None:
-        if not self._pending:
-            return
-        finite = torch.stack([flag for flag, *_ in self._pending]).cpu()
+    def _check(self, trainer: L.Trainer) -> None:
+        """Collective under DDP: every rank calls it at the same points, pending flags or not."""
         pending, self._pending = self._pending, []
-        if bool(finite.all()):
+        flags = [flag for flag, *_ in pending]
+        finite = torch.stack(flags).cpu() if flags else torch.ones(1, dtype=torch.bool)
+        all_finite = bool(finite.all())
+        if trainer.world_size > 1:
+            all_finite = trainer.strategy.reduce_boolean_decision(all_finite, all=True)
+        if all_finite:
             return
+        if bool(finite.all()):
+            raise TrainingDiverged(
+                f"The training loss became NaN or infinite on another DDP rank by step "
+                f"{trainer.global_step} (epoch {trainer.current_epoch}); that rank's log names "
+                "the step. Lower optimizer.lr (the default is 1e-3)."
+            )
         _, epoch, batch, step = pending[int((~finite).nonzero()[0])]
         raise TrainingDiverged(
             f"The training loss became NaN or infinite at step {step} (epoch {epoch}, batch "
