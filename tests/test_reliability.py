@@ -2,6 +2,7 @@
 are never overwritten, and guarded model configs (property-based)."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -42,10 +43,11 @@ def run_args(tmp_path_factory) -> list[str]:
     ]  # fmt: skip
 
 
-def start(*args: str) -> subprocess.Popen:
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=REPO,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -121,6 +123,26 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches(run_args, refere
 
     finish(f"resume={run_dir}")
 
+    assert_same_run(run_dir, reference)
+
+
+def test_a_requeued_slurm_job_continues_its_run_from_the_last_checkpoint(
+    run_args, reference, tmp_path
+):
+    """SIGUSR1 (sbatch --signal=USR1@…) saves last.ckpt; SLURM starts the same command again with
+    SLURM_RESTART_COUNT set, and the run ends exactly where the uninterrupted run ends."""
+    run_dir = tmp_path / "run"
+    process = start(*run_args, f"hydra.run.dir={run_dir}")
+    wait_for(run_dir / "checkpoints" / "last.ckpt", process)
+    process.send_signal(signal.SIGUSR1)
+    assert process.wait(timeout=60) == 128 + signal.SIGUSR1
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+
+    again = start(*run_args, f"hydra.run.dir={run_dir}")
+    assert again.wait(timeout=60) == 2 and "already holds a run" in again.stderr.read()
+    requeued = start(*run_args, f"hydra.run.dir={run_dir}", env={"SLURM_RESTART_COUNT": "1"})
+    assert requeued.wait(timeout=300) == 0, requeued.stderr.read()[-3000:]
+    assert "Resuming from" in (run_dir / "train.log").read_text()
     assert_same_run(run_dir, reference)
 
 

@@ -1,4 +1,5 @@
-"""The entry point of train.py: resume=RUN_DIR rewritten, then Hydra, then aelab.train."""
+"""The entry point of train.py: the command line of a resume or of a DDP rank rewritten, then
+Hydra, then aelab.train."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab import CONFIG_DIR
+from aelab.distributed import child_arguments
 from aelab.errors import AelabError
 from aelab.resume import resume_arguments
 
 
 def main() -> float | None:
     try:
-        sys.argv[1:] = resume_arguments(sys.argv[1:])
+        sys.argv[1:] = child_arguments(resume_arguments(sys.argv[1:]))
     except AelabError as error:
         print(f"\naelab: {error}\n", file=sys.stderr)
         sys.exit(2)

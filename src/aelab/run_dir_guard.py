@@ -3,7 +3,8 @@
 Hydra writes .hydra/ into the run dir before the run starts, so the check must come earlier
 than aelab.train: on_run_start (and on_multirun_start for a sweep dir) runs before that write.
 `python train.py resume=RUN_DIR` does not pass through here: it loads the run's saved config,
-which registers no callbacks, and is meant to write into RUN_DIR.
+which registers no callbacks, and is meant to write into RUN_DIR. Nor does a requeued SLURM job,
+which continues its run (aelab.requeue).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from aelab.distributed import launch_rank
+from aelab.requeue import continues_requeued_run
 
 RUN_MARKERS = (".hydra/config.yaml", "checkpoints", "metrics.json")
 
@@ -36,6 +40,8 @@ def refuse(directory: Path, what: str) -> None:
 class RefuseUsedRunDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.run.dir)
+        if launch_rank() > 0 or continues_requeued_run(run_dir):
+            return  # srun's other ranks share rank 0's dir; a requeued job continues its run
         if holds_a_run(run_dir):
             refuse(run_dir, "a run")
 

@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
 from aelab.callbacks import EpochTimer
+from aelab.distributed import export_run_to_children, launch_rank, launch_state_restored
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 from aelab.reliability import (
@@ -37,6 +38,7 @@ from aelab.reliability import (
     TrainingDiverged,
     TrainingInterrupted,
 )
+from aelab.requeue import continues_requeued_run, hand_over
 
 log = logging.getLogger("aelab")
 
@@ -117,11 +119,14 @@ def bottleneck(model: ConvAutoEncoder, image_size: int) -> dict:
 def train(cfg: DictConfig, output_dir: Path) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     task, datamodule = build(cfg)
-    datamodule.prepare_data()
-    datamodule.setup("fit")  # data errors surface here, before a logger or checkpoint exists
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
-    resume_from = output_dir / "checkpoints" / "last.ckpt" if cfg.get("resume") else None
+    owner = launch_rank() == 0  # rank zero writes the run's files; other ranks only train
+    if owner:  # data errors surface here, before a logger or checkpoint exists
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
+    resumes = cfg.get("resume") or continues_requeued_run(output_dir)
+    resume_from = output_dir / "checkpoints" / "last.ckpt" if resumes else None
     if resume_from:
         log.info("Resuming from %s", resume_from)
 
@@ -137,13 +142,17 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         plugins=[AtomicCheckpointIO()],
     )
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger) and not resume_from:
+        if isinstance(logger, TensorBoardLogger) and owner and not resume_from:
             logger.experiment.add_text("model/bottleneck", model_facts["summary"])
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
-    val_psnr = trainer.callback_metrics.get("val/psnr")
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    (test_metrics,) = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
+    if trainer.world_size > 1:
+        check_ranks_can_start(trainer)
+        export_run_to_children(output_dir, resume=bool(resume_from))
+    with launch_state_restored():
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
+        val_psnr = trainer.callback_metrics.get("val/psnr")
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        (test_metrics,) = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
 
     results = {
         "status": "completed",
@@ -173,6 +182,24 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
         log.info("Run dir: %s", output_dir)
     return float(val_psnr) if val_psnr is not None else None
+
+
+def check_ranks_can_start(trainer: L.Trainer) -> None:
+    """Lightning starts a node's other DDP ranks by running this process's script again, which
+    works for `python train.py` only: not from a joblib worker or a submitit job."""
+    import __main__
+
+    if trainer.strategy.cluster_environment.creates_processes_externally:
+        return  # srun or torchrun started every rank already
+    if getattr(__main__, "__spec__", None) is not None or not sys.argv[0].endswith(".py"):
+        raise AelabError(
+            f"This run asks for {trainer.world_size} DDP processes, and Lightning would start the "
+            "others by running this process's command again, but this process is not "
+            "`python train.py` (it is a joblib or submitit worker, or another program). Run DDP "
+            "jobs with the default (basic) launcher, which runs a sweep's jobs one after "
+            "another, or on SLURM let srun start one task per device "
+            "(hydra/launcher=slurm hydra.launcher.tasks_per_node=N)."
+        )
 
 
 def write_status(output_dir: Path, status: str, **facts) -> None:
@@ -226,10 +253,14 @@ def run(cfg: DictConfig) -> float | None:
         return train(cfg, output_dir)
     except TrainingInterrupted as stop:
         resume = f"python train.py resume={output_dir}"
-        write_status(output_dir, "interrupted", error=str(stop), resume=resume)
-        print(f"\naelab: {stop}. Continue with: {resume}\n", file=sys.stderr)
+        if launch_rank() == 0:  # rank zero reports it and owns the run dir
+            write_status(output_dir, "interrupted", error=str(stop), resume=resume)
+            print(f"\naelab: {stop}. Continue with: {resume}\n", file=sys.stderr)
+            hand_over(stop.signum)
         sys.exit(128 + stop.signum)
     except AelabError as error:
+        if launch_rank() != 0:
+            sys.exit(2)
         discard_unused_run_dir(output_dir)
         if output_dir.is_dir():
             status = "diverged" if isinstance(error, TrainingDiverged) else "failed"
@@ -237,6 +268,6 @@ def run(cfg: DictConfig) -> float | None:
         print(f"\naelab: {error}\n", file=sys.stderr)
         sys.exit(2)
     except BaseException as error:
-        if output_dir.is_dir():
+        if launch_rank() == 0 and output_dir.is_dir():
             write_status(output_dir, "failed", error=f"{type(error).__name__}: {error}")
         raise
