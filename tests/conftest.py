@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,25 @@ from PIL import Image
 from aelab import CONFIG_DIR
 
 CLASSES = ("cats", "ships")
+REPO = Path(__file__).resolve().parents[1]
+# Without SLURM's variables: inside a SLURM job (CI on a cluster) a run stopped by SIGUSR1 would
+# requeue that job, and a run would take itself for a requeued one.
+CLEAN_ENVIRONMENT = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+
+def run_cli(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` as a user runs it, output captured."""
+    Path(cwd).mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**CLEAN_ENVIRONMENT, **(env or {})},
+    )
 
 
 def write_images(

@@ -3,16 +3,17 @@ multirun), a submitit_local sweep, and a requeued SLURM job that continues its r
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from aelab.data import ImageDataModule
 from aelab.data.batches import EpochBatches
 from aelab.distributed import child_arguments, launch_rank
+from aelab.errors import AelabError
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,18 +83,6 @@ def test_ranks_and_command_lines_come_from_the_launchers_environment(monkeypatch
     assert launch_rank() == 0
 
 
-def train_py(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    cwd.mkdir(exist_ok=True)
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, **(env or {})},
-    )
-
-
 @pytest.fixture
 def ddp_args(smoke_overrides) -> list[str]:
     return [*smoke_overrides, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
@@ -106,9 +95,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(
     gradients are the same means, so the whole run is (to float rounding) the same run."""
     one, two = tmp_path / "one", tmp_path / "two"
     cwd = tmp_path / "cwd"  # where a stray run dir would appear
-    single = train_py(*smoke_overrides, "data.batch_size=64", f"hydra.run.dir={one}", cwd=cwd)
+    single = run_cli(*smoke_overrides, "data.batch_size=64", f"hydra.run.dir={one}", cwd=cwd)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = train_py(*ddp_args, "data.batch_size=32", f"hydra.run.dir={two}", cwd=cwd)
+    ddp = run_cli(*ddp_args, "data.batch_size=32", f"hydra.run.dir={two}", cwd=cwd)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 
     metrics = [json.loads((d / "metrics.json").read_text()) for d in (one, two)]
@@ -132,7 +121,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(
 
 def test_ddp_inside_a_two_job_multirun_makes_no_nested_sweeps(ddp_args, tmp_path):
     sweep, cwd = tmp_path / "sweep", tmp_path / "cwd"
-    result = train_py("-m", *ddp_args, "loss=bce,mse", f"hydra.sweep.dir={sweep}", cwd=cwd)
+    result = run_cli("-m", *ddp_args, "loss=bce,mse", f"hydra.sweep.dir={sweep}", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]
@@ -148,7 +137,7 @@ def test_a_submitit_local_sweep_runs_both_jobs_to_their_own_outputs(smoke_overri
     sweep = tmp_path / "sweep"
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
     sweep_args = [*smoke_overrides, *launcher, "pooling=max,avg", f"hydra.sweep.dir={sweep}"]
-    result = train_py("-m", *sweep_args, cwd=tmp_path)
+    result = run_cli("-m", *sweep_args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for job, pooling in (("0", "max"), ("1", "avg")):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
@@ -160,7 +149,18 @@ def test_a_submitit_local_sweep_runs_both_jobs_to_their_own_outputs(smoke_overri
 def test_ddp_is_refused_where_lightning_cannot_start_the_other_ranks(ddp_args, tmp_path):
     sweep = tmp_path / "sweep"
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
-    result = train_py("-m", *ddp_args, *launcher, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    result = run_cli("-m", *ddp_args, *launcher, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     log = "".join(p.read_text() for p in sweep.rglob("*_log.err"))
     assert "not `python train.py`" in log and "tasks_per_node" in log
     assert result.returncode != 0
+
+
+def test_a_checkpoint_resumes_only_on_as_many_ranks_as_saved_it():
+    """The saved place in the epoch is a position in a per-rank shard."""
+    datamodule = ImageDataModule(source="folder", root="unused")
+    datamodule.trainer = SimpleNamespace(world_size=1)
+    position = {"train_epoch": 0, "train_batches_done": 3}
+    with pytest.raises(AelabError, match="saved by a run on 2 DDP"):
+        datamodule.load_state_dict({**position, "ranks": 2})
+    datamodule.load_state_dict({**position, "ranks": 1})
+    assert datamodule._resume_position == (0, 3)

@@ -2,7 +2,6 @@
 are never overwritten, and guarded model configs (property-based)."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from aelab.models import ConvAutoEncoder
 from aelab.reliability import RandomStates
 from aelab.resume import resume_arguments
 from aelab.train import run
-from tests.conftest import compose_config
+from tests.conftest import CLEAN_ENVIRONMENT, compose_config, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES_PER_EPOCH = 20  # 80 train images in batches of 4
@@ -47,7 +46,7 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env={**CLEAN_ENVIRONMENT, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -212,11 +211,6 @@ def test_weights_that_turned_non_finite_never_reach_a_checkpoint(smoke_overrides
     assert results["status"] == "diverged"
     assert "weights became NaN or infinite by step 1 " in results["error"]
     assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
-
-
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / "train.py"), *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def fake_run(run_dir: Path) -> Path:

@@ -8,7 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from aelab import CONFIG_DIR
 from aelab.train import build, train
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,16 +72,6 @@ def test_the_bottleneck_is_stated_plainly():
     none = bottleneck(ConvAutoEncoder(pooling="none"), 32)
     assert none["latent_size"] == 16384 and not none["has_bottleneck"]
     assert "NO bottleneck" in none["summary"]
-
-
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
 
 
 def test_cli_help_lists_the_groups():

@@ -37,10 +37,13 @@ def launch_rank() -> int:
     return max((int(os.environ.get(v, "0") or 0) for v in variables), default=0)
 
 
-def export_run_to_children(run_dir: Path, resume: bool) -> None:
-    """Tell the DDP children this process is about to start which run they belong to."""
-    os.environ[RUN_DIR_VARIABLE] = str(run_dir.resolve())
+def export_run_to_children(run_dir: Path, resume: bool, threads: int | None) -> None:
+    """Tell the DDP children this process is about to start which run they belong to; with
+    `threads` set, also their thread count (Lightning would set cores ÷ processes otherwise)."""
+    os.environ[RUN_DIR_VARIABLE] = str(run_dir.absolute())  # spelled as rank zero spells it
     os.environ[RESUME_VARIABLE] = "1" if resume else ""
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @contextmanager

@@ -74,7 +74,8 @@ class ScoreMeans(nn.Module):
 
     def __init__(self, names: Iterable[str]) -> None:
         super().__init__()
-        self.means = nn.ModuleDict({name: MeanMetric() for name in names})
+        # nan_strategy="disable": no NaN check, which would sync with the GPU on every update.
+        self.means = nn.ModuleDict({name: MeanMetric(nan_strategy="disable") for name in names})
 
     def update(self, scores: dict[str, torch.Tensor]) -> None:
         for name, values in scores.items():

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from aelab.errors import AelabError
+from aelab.requeue import stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class SaveOnSignal(L.Callback):
         would end the run at its next check without a checkpoint (exit status 0)."""
         self.received = None
         if threading.current_thread() is threading.main_thread():
-            for name in self.signals:
+            for name in stop_signals(self.signals):
                 number = signal.Signals[name]
                 self._previous[number] = signal.signal(number, self._receive)
 

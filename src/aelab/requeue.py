@@ -22,13 +22,23 @@ log = logging.getLogger(__name__)
 
 
 def continues_requeued_run(run_dir: Path) -> bool:
-    """True in a requeued SLURM job whose run dir holds an unfinished run with a last.ckpt."""
+    """True in a requeued SLURM job whose run dir holds a run that has not completed: the guard
+    lets it start there, and train.py continues from last.ckpt if the run got as far as one."""
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
         return False
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        return False
     metrics = run_dir / "metrics.json"
-    return not metrics.is_file() or json.loads(metrics.read_text()).get("status") != "completed"
+    try:
+        return json.loads(metrics.read_text()).get("status") != "completed"
+    except (OSError, ValueError):  # none yet, or rank zero is rewriting it right now
+        return True
+
+
+def stop_signals(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The signals to save and stop on. Under submitit on SLURM not SIGTERM: a preemption sends
+    SIGTERM and then submitit's SIGUSR2, and only the latter's handler requeues the job."""
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        return tuple(name for name in names if name != "SIGTERM")
+    return names
 
 
 def hand_over(signum: int) -> None:

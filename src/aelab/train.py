@@ -125,8 +125,9 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         datamodule.setup("fit")
         output_dir.mkdir(parents=True, exist_ok=True)
         write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
-    resumes = cfg.get("resume") or continues_requeued_run(output_dir)
-    resume_from = output_dir / "checkpoints" / "last.ckpt" if resumes else None
+    last = output_dir / "checkpoints" / "last.ckpt"
+    resumes = cfg.get("resume") or (continues_requeued_run(output_dir) and last.is_file())
+    resume_from = last if resumes else None
     if resume_from:
         log.info("Resuming from %s", resume_from)
 
@@ -145,15 +146,18 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         if isinstance(logger, TensorBoardLogger) and owner and not resume_from:
             logger.experiment.add_text("model/bottleneck", model_facts["summary"])
 
-    if trainer.world_size > 1:
-        check_ranks_can_start(trainer)
-        export_run_to_children(output_dir, resume=bool(resume_from))
     with launch_state_restored():
+        if trainer.world_size > 1:
+            check_ranks_can_start(trainer)
+            export_run_to_children(output_dir, bool(resume_from), cfg.get("threads"))
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
         val_psnr = trainer.callback_metrics.get("val/psnr")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         (test_metrics,) = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
 
+    val_psnr = float(val_psnr) if val_psnr is not None else None
+    if not trainer.is_global_zero:
+        return val_psnr  # rank zero writes the results
     results = {
         "status": "completed",
         "task": task.name,
@@ -169,19 +173,18 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         "mean_seconds_per_epoch": sum(timer.epoch_seconds) / max(len(timer.epoch_seconds), 1),
         "torch_threads": torch.get_num_threads(),
     }
-    if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        (output_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-        params = OmegaConf.to_container(cfg, resolve=True)
-        for logger in loggers:  # TensorBoard's hparams view shows each run's final test metrics
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(params, metrics=test_metrics)
-            else:
-                logger.log_hyperparams(params)
-            logger.finalize("success")
-        log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
-        log.info("Run dir: %s", output_dir)
-    return float(val_psnr) if val_psnr is not None else None
+    (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    params = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:  # TensorBoard's hparams view shows each run's final test metrics
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics=test_metrics)
+        else:
+            logger.log_hyperparams(params)
+        logger.finalize("success")
+    log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
+    log.info("Run dir: %s", output_dir)
+    return val_psnr
 
 
 def check_ranks_can_start(trainer: L.Trainer) -> None:
@@ -251,16 +254,18 @@ def run(cfg: DictConfig) -> float | None:
         )
         log.info("Torch threads: %d", torch.get_num_threads())
         return train(cfg, output_dir)
-    except TrainingInterrupted as stop:
-        resume = f"python train.py resume={output_dir}"
-        if launch_rank() == 0:  # rank zero reports it and owns the run dir
-            write_status(output_dir, "interrupted", error=str(stop), resume=resume)
-            print(f"\naelab: {stop}. Continue with: {resume}\n", file=sys.stderr)
-            hand_over(stop.signum)
-        sys.exit(128 + stop.signum)
-    except AelabError as error:
-        if launch_rank() != 0:
-            sys.exit(2)
+    except (TrainingInterrupted, TrainingDiverged, AelabError) as error:
+        if launch_rank() != 0:  # rank zero reports it and owns the run dir
+            log.error("%s", error)
+            # All ranks stop together on a signal or divergence; a non-zero exit here would make
+            # Lightning kill rank zero before it has written the run's status.
+            sys.exit(0 if isinstance(error, TrainingInterrupted | TrainingDiverged) else 2)
+        if isinstance(error, TrainingInterrupted):
+            resume = f"python train.py resume={output_dir}"
+            write_status(output_dir, "interrupted", error=str(error), resume=resume)
+            print(f"\naelab: {error}. Continue with: {resume}\n", file=sys.stderr)
+            hand_over(error.signum)
+            sys.exit(128 + error.signum)
         discard_unused_run_dir(output_dir)
         if output_dir.is_dir():
             status = "diverged" if isinstance(error, TrainingDiverged) else "failed"

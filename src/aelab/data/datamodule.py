@@ -120,12 +120,24 @@ class ImageDataModule(L.LightningDataModule):
         return {
             "train_epoch": trainer.current_epoch,
             "train_batches_done": trainer.fit_loop.epoch_loop.batch_idx + 1,
+            "ranks": trainer.world_size,
         }
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """A resumed run's first training loader continues the epoch after the batches done."""
-        if state_dict:
-            self._resume_position = (state_dict["train_epoch"], state_dict["train_batches_done"])
+        """A resumed run's first training loader continues the epoch after the batches done.
+
+        Only on as many processes as saved it: the batches done are per-rank shards of the order.
+        """
+        if not state_dict:
+            return
+        ranks, saved = self.trainer.world_size, state_dict.get("ranks", 1)
+        if ranks != saved:
+            raise AelabError(
+                f"This checkpoint was saved by a run on {saved} DDP process(es) and is being "
+                f"resumed on {ranks}; its place in the epoch is a per-process position, so resume "
+                f"it on {saved} (trainer.devices × trainer.num_nodes = {saved})."
+            )
+        self._resume_position = (state_dict["train_epoch"], state_dict["train_batches_done"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -57,7 +57,7 @@ class AutoEncoderTask(L.LightningModule):
         self.baseline_scores = nn.ModuleDict({s: ScoreMeans(self.score_names) for s in stages})
         # Metrics, not plain tensors, so that under DDP the epoch's loss is the mean over every
         # rank's images (what best.ckpt is chosen by), not the mean of per-rank means.
-        self.losses = nn.ModuleDict({stage: MeanMetric() for stage in stages})
+        self.losses = nn.ModuleDict({stage: MeanMetric(nan_strategy="disable") for stage in stages})
         # The epoch's training loss, summed (a buffer, so it follows the model to its device).
         self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
         self._loss_images = 0
