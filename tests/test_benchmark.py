@@ -2,7 +2,9 @@
 
 import re
 
-from aelab.benchmark import main
+import pytest
+
+from aelab.benchmark import format_table, main, paired_ratios
 
 
 def test_benchmark_prints_a_row_per_task_and_path_with_ratios(image_folder, tmp_path, monkeypatch):
@@ -16,3 +18,19 @@ def test_benchmark_prints_a_row_per_task_and_path_with_ratios(image_folder, tmp_
         a_over_b, a_over_c = map(float, re.findall(r"\| (\d+\.\d\d) ", aelab_row + " "))
         assert a_over_b > 0 and a_over_c > 0
     assert "torch" in table and "threads" in table
+
+
+def test_ratios_pair_each_repeat_so_a_slow_spell_divides_out():
+    # The machine ran at full speed in repeat 1 and at half speed in repeat 2, for all paths.
+    results = {
+        ("reconstruction", "aelab"): [[950.0, 970.0], [480.0]],
+        ("reconstruction", "floor"): [[1000.0, 1000.0], [500.0]],
+        ("reconstruction", "recipe"): [[400.0], [200.0]],
+    }
+    assert paired_ratios(results, "reconstruction", "floor") == pytest.approx([0.96, 0.96])
+    assert paired_ratios(results, "reconstruction", "recipe") == pytest.approx([2.4, 2.4])
+    table = format_table(results, {"device": "cpu"})
+    assert (
+        "| reconstruction | (a) aelab | 950 | 480–970 | 0.96 (0.96–0.96) | 2.40 (2.40–2.40) |"
+        in table
+    )

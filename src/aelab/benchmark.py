@@ -7,7 +7,7 @@
     for colorization), shuffled DataLoader with worker processes — feeding the same task.
 Each path runs `repeats` times, the paths taking turns; each run trains `epochs` epochs of `batches`
 batches, the first of which warms up and is not counted. The table gives the median and the range
-of the counted epochs.
+of the counted epochs, and the ratios a/b and a/c repeat by repeat (their median and range).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torchvision.datasets import ImageFolder
 
 from aelab import CONFIG_DIR
 from aelab.color import rgb_to_lab_normalized
+from aelab.heap import frozen_heap
 from aelab.train import build, train
 
 TASKS = ("reconstruction", "colorization")
@@ -63,18 +64,19 @@ def floor_rates(
     images = datamodule.splits["train"].to(device)
     optimizer = task.configure_optimizers()
     rates = []
-    for _ in range(epochs):
-        order = torch.randperm(len(images), device=device)[: batches * datamodule.batch_size]
-        start = time.perf_counter()
-        for indices in order.split(datamodule.batch_size):
-            inputs, targets = task.split_batch(datamodule.to_model_space(images[indices]))
-            loss = task.loss_fn(task(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(len(order) / (time.perf_counter() - start))
+    with frozen_heap():  # as aelab trains: no full-heap collection inside an epoch
+        for _ in range(epochs):
+            order = torch.randperm(len(images), device=device)[: batches * datamodule.batch_size]
+            start = time.perf_counter()
+            for indices in order.split(datamodule.batch_size):
+                inputs, targets = task.split_batch(datamodule.to_model_space(images[indices]))
+                loss = task.loss_fn(task(inputs), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates.append(len(order) / (time.perf_counter() - start))
     return rates
 
 
@@ -139,6 +141,9 @@ def recipe_rates(
     return meter.rates
 
 
+Rates = dict[tuple[str, str], list[list[float]]]  # (task, path) -> per repeat, its counted epochs
+
+
 def measure(
     root: Path,
     tasks: list[str],
@@ -147,14 +152,15 @@ def measure(
     batches: int,
     accelerator: str,
     workers: int,
-) -> dict[tuple[str, str], list[float]]:
-    """Measured images/s per (task, path), warm-up epochs dropped.
+) -> Rates:
+    """Measured images/s per (task, path) and repeat, warm-up epochs dropped.
 
-    The paths take turns, repeat after repeat (a, b, c, a, b, c, ...), so that a slow spell of a
-    shared machine lands on all three instead of on whichever ran then.
+    The paths take turns, a b c then c b a (and again), so that a slow spell of a shared machine
+    lands on all three instead of on whichever ran then, and a steady drift cancels over two
+    repeats.
     """
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
-    results: dict[tuple[str, str], list[float]] = {}
+    results: Rates = {}
     for task in tasks:
         overrides = [
             f"task={task}",
@@ -168,34 +174,48 @@ def measure(
             "floor": partial(floor_rates, overrides, epochs, batches, device),
             "recipe": partial(recipe_rates, overrides, root, epochs, batches, accelerator, workers),
         }
-        for _ in range(repeats):
-            for path, run in runs.items():
-                results.setdefault((task, path), []).extend(run()[1:])
+        for repeat in range(repeats):
+            order = PATHS if repeat % 2 == 0 else PATHS[::-1]
+            for path in order:
+                results.setdefault((task, path), []).append(runs[path]()[1:])
     return results
 
 
-def format_table(results: dict[tuple[str, str], list[float]], header: dict[str, str]) -> str:
+def paired_ratios(results: Rates, task: str, other: str) -> list[float]:
+    """aelab's rate over `other`'s, repeat by repeat: the two ran minutes apart at most, so the
+    machine's slow and fast spells, which last longer than that, divide out."""
+    return [
+        statistics.median(a) / statistics.median(b)
+        for a, b in zip(results[(task, "aelab")], results[(task, other)], strict=True)
+    ]
+
+
+def format_table(results: Rates, header: dict[str, str]) -> str:
     lines = [f"{key}: {value}" for key, value in header.items()]
     lines += [
         "",
         "| task | path | images/s (median) | range | a/b | a/c |",
         "|---|---|---:|---:|---:|---:|",
     ]
+    labels = {"aelab": "(a) aelab", "floor": "(b) bare loop", "recipe": "(c) usual recipe"}
     for task in dict.fromkeys(task for task, _ in results):
-        medians = {path: statistics.median(results[(task, path)]) for path in PATHS}
+        ratios = ["", ""]
+        for column, other in enumerate(("floor", "recipe")):
+            paired = paired_ratios(results, task, other)
+            ratios[column] = (
+                f"{statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f})"
+            )
         for path in PATHS:
-            rates = results[(task, path)]
-            ratios = (
-                f"{medians['aelab'] / medians['floor']:.2f} | {medians['aelab'] / medians['recipe']:.2f}"
-                if path == "aelab"
-                else " | "
-            )
-            label = {"aelab": "(a) aelab", "floor": "(b) bare loop", "recipe": "(c) usual recipe"}[
-                path
-            ]
+            rates = [rate for run in results[(task, path)] for rate in run]
+            shown = ratios if path == "aelab" else ["", ""]
             lines.append(
-                f"| {task} | {label} | {medians[path]:,.0f} | {min(rates):,.0f}–{max(rates):,.0f} | {ratios} |"
+                f"| {task} | {labels[path]} | {statistics.median(rates):,.0f} | "
+                f"{min(rates):,.0f}–{max(rates):,.0f} | {shown[0]} | {shown[1]} |"
             )
+    lines.append(
+        "\na/b and a/c: the median (and range) over repeats of aelab's rate divided by the other "
+        "path's rate in the same repeat."
+    )
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ loop state; these pieces add what Lightning leaves out.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import signal
@@ -169,9 +170,12 @@ class StopOnDivergence(L.Callback):
         if loss is None:
             return
         where = (trainer.current_epoch, batch_idx, trainer.global_step)
+        if loss.device.type == "cpu" and trainer.world_size == 1:
+            if not math.isfinite(loss.item()):  # one float read, nothing to wait for: every step
+                raise self._diverged_at(*where)
+            return
         self._pending.append((torch.isfinite(loss.detach()), *where))
-        at_checkpoint = trainer.global_step % self.check_every_n_steps == 0
-        if (loss.device.type == "cpu" and trainer.world_size == 1) or at_checkpoint:
+        if trainer.global_step % self.check_every_n_steps == 0:
             self._check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
@@ -210,9 +214,13 @@ class StopOnDivergence(L.Callback):
                 "the step. Lower optimizer.lr (the default is 1e-3)."
             )
         _, epoch, batch, step = pending[int((~finite).nonzero()[0])]
-        raise TrainingDiverged(
+        raise self._diverged_at(epoch, batch, step)
+
+    @staticmethod
+    def _diverged_at(epoch: int, batch: int, step: int) -> TrainingDiverged:
+        return TrainingDiverged(
             f"The training loss became NaN or infinite at step {step} (epoch {epoch}, batch "
             f"{batch} of that epoch). The run stopped; its checkpoints hold the last weights "
-            "saved before that step. Lower "
-            "optimizer.lr (the default is 1e-3), or check the data for broken images."
+            "saved before that step. Lower optimizer.lr (the default is 1e-3), or check the data "
+            "for broken images."
         )

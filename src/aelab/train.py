@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from aelab.callbacks import EpochTimer
 from aelab.distributed import export_run_to_children, launch_rank, launch_state_restored
 from aelab.errors import AelabError
+from aelab.heap import frozen_heap
 from aelab.models import ConvAutoEncoder
 from aelab.reliability import (
     AtomicCheckpointIO,
@@ -146,7 +147,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         if isinstance(logger, TensorBoardLogger) and owner and not resume_from:
             logger.experiment.add_text("model/bottleneck", model_facts["summary"])
 
-    with launch_state_restored():
+    with launch_state_restored(), frozen_heap():
         if trainer.world_size > 1:
             check_ranks_can_start(trainer)
             export_run_to_children(output_dir, bool(resume_from), cfg.get("threads"))
