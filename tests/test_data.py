@@ -1,4 +1,5 @@
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -137,6 +138,17 @@ def test_datamodule_serves_float_rgb_or_normalised_lab(image_folder, tmp_path):
     assert lab.dtype == torch.float32 and lab.min() >= 0 and lab.max() <= 1
     dm.color_space = "rgb"
     assert torch.allclose(dm.on_after_batch_transfer(batch, 0), batch / 255)
+
+
+def test_ddp_with_more_processes_than_a_splits_images_is_refused(image_folder):
+    dm = ImageDataModule(source="folder", root=str(image_folder), batch_size=16)
+    dm.trainer = SimpleNamespace(world_size=10)  # val and test hold 10 images: one per process
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=11)
+    with pytest.raises(
+        AelabError, match=r"fewer images than the 11 DDP processes: val 10, test 10"
+    ):
+        dm.setup("fit")
 
 
 @pytest.mark.skipif(

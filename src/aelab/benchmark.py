@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--epochs", type=int, default=2, help="epochs per run; the first is warm-up"
     )
-    parser.add_argument("--repeats", type=int, default=5, help="runs per path, interleaved")
+    parser.add_argument(
+        "--repeats", type=int, default=6, help="runs per path, interleaved (even: a b c, c b a)"
+    )
     parser.add_argument("--batches", type=int, default=100, help="training batches per epoch")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the recipe")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")

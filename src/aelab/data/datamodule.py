@@ -81,8 +81,11 @@ class ImageDataModule(L.LightningDataModule):
             load_cifar10(self.root, download=True)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+        if not self.splits:
+            self._load_splits()
+        self._check_every_rank_gets_images()
+
+    def _load_splits(self) -> None:
         if self.source == "cifar10":
             if self.image_size != 32:
                 raise AelabError(
@@ -97,6 +100,20 @@ class ImageDataModule(L.LightningDataModule):
         )
         sizes = ", ".join(f"{name} {len(images):,}" for name, images in self.splits.items())
         log.info("Data: %s from %s, %s split: %s", self.source, Path(self.root), self.split, sizes)
+
+    def _check_every_rank_gets_images(self) -> None:
+        """Under DDP every process joins each epoch's metric sync, so each needs at least one image
+        of every split; a process left without one would make the others wait forever."""
+        ranks = self.trainer.world_size if self.trainer else 1
+        small = {name: len(images) for name, images in self.splits.items() if len(images) < ranks}
+        if small:
+            listed = ", ".join(f"{name} {size}" for name, size in small.items())
+            raise AelabError(
+                f"Split(s) with fewer images than the {ranks} DDP processes: {listed}. Every "
+                "process needs at least one image of each split; use fewer processes "
+                "(trainer.devices) or more images (data.subset, data.val_fraction, "
+                "data.test_fraction)."
+            )
 
     def split_sizes(self) -> dict[str, int]:
         return {name: len(images) for name, images in self.splits.items()}
