@@ -4,20 +4,23 @@ import re
 
 import pytest
 
-from aelab.benchmark import format_table, main, paired_ratios
+from aelab.benchmark import format_table, format_within_run, main, paired_ratios
 
 
 def test_benchmark_prints_a_row_per_task_and_path_with_ratios(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # the folder cache goes to a throwaway ~/.cache
     tiny = ["--repeats", "1", "--epochs", "2", "--batches", "2", "--workers", "0"]
     table = main(["--root", str(image_folder), *tiny])
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "images/s" not in line]
+    paths = ("| (a) aelab |", "| (b) bare loop |", "| (c) usual recipe |")
+    rows = [line for line in table.splitlines() if any(path in line for path in paths)]
     assert len(rows) == 6
     for task in ("reconstruction", "colorization"):
         (aelab_row,) = [r for r in rows if r.startswith(f"| {task} | (a)")]
         a_over_b, a_over_c = map(float, re.findall(r"\| (\d+\.\d\d) ", aelab_row + " "))
         assert a_over_b > 0 and a_over_c > 0
     assert "torch" in table and "threads" in table
+    within = [line for line in table.splitlines() if line.endswith(") |") and "ms |" in line]
+    assert [line.split(" | ")[0] for line in within] == ["| reconstruction", "| colorization"]
 
 
 def test_ratios_pair_each_repeat_so_a_slow_spell_divides_out():
@@ -34,3 +37,15 @@ def test_ratios_pair_each_repeat_so_a_slow_spell_divides_out():
         "| reconstruction | (a) aelab | 950 | 480–970 | 0.96 (0.96–0.96) | 2.40 (2.40–2.40) |"
         in table
     )
+
+
+def test_within_run_table_gives_milliseconds_per_step_and_the_pooled_ratio():
+    within = {
+        "colorization": [
+            {"block": 10, "aelab": [0.22, 0.22], "bare": [0.21, 0.21]},
+            {"block": 10, "aelab": [0.25], "bare": [0.25]},
+        ]
+    }
+    table = format_within_run(within)
+    # 3 blocks of 10 steps: aelab 0.69 s, bare 0.67 s → 23.00 and 22.33 ms/step, a/b 0.67/0.69.
+    assert "| colorization | 23.00 | 22.33 | 0.67 ms | 0.971 (0.955–1.000) |" in table

@@ -8,11 +8,16 @@
 Each path runs `repeats` times, the paths taking turns; each run trains `epochs` epochs of `batches`
 batches, the first of which warms up and is not counted. The table gives the median and the range
 of the counted epochs, and the ratios a/b and a/c repeat by repeat (their median and range).
+
+A second table compares (a) and (b) inside the same runs: blocks of aelab's steps and of bare steps
+take turns (BareStepsBetween), which cancels the machine's slow and fast spells that make separate
+runs differ by ±10 % here, and gives aelab's cost per step in milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -52,6 +57,15 @@ def aelab_rates(overrides: list[str], epochs: int, batches: int) -> list[float]:
         return json.loads((Path(run_dir) / "timing.json").read_text())["images_per_second"]
 
 
+def bare_step(task, datamodule, images: torch.Tensor, indices: torch.Tensor, optimizer) -> None:
+    """One training step with nothing around it: the floor's unit of work."""
+    inputs, targets = task.split_batch(datamodule.to_model_space(images[indices]))
+    loss = task.loss_fn(task(inputs), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def floor_rates(
     overrides: list[str], epochs: int, batches: int, device: torch.device
 ) -> list[float]:
@@ -69,15 +83,76 @@ def floor_rates(
             order = torch.randperm(len(images), device=device)[: batches * datamodule.batch_size]
             start = time.perf_counter()
             for indices in order.split(datamodule.batch_size):
-                inputs, targets = task.split_batch(datamodule.to_model_space(images[indices]))
-                loss = task.loss_fn(task(inputs), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                bare_step(task, datamodule, images, indices, optimizer)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rates.append(len(order) / (time.perf_counter() - start))
     return rates
+
+
+class BareStepsBetween(L.Callback):
+    """Inside one aelab run: after each block of aelab's training steps, as many bare steps
+    (bare_step) on a copy of the network, each block timed.
+
+    The two alternate about every quarter second, so this machine's slow and fast spells, which
+    last longer, fall on both alike: the a/b with the least noise this machine allows. The first
+    epoch warms up; a block's aelab time includes everything aelab does in those steps (hooks,
+    callbacks, the step checkpoint every 100 steps), but not validation.
+    """
+
+    def __init__(self, output: str, block: int = 10) -> None:
+        self.output, self.block = output, block
+        self.aelab_seconds: list[float] = []
+        self.bare_seconds: list[float] = []
+
+    def on_train_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        self.bare = copy.deepcopy(task)
+        self.optimizer = self.bare.configure_optimizers()
+        self.images = trainer.datamodule.splits["train"].to(task.device)
+        self.block = min(self.block, trainer.num_training_batches)  # a tiny split: one block/epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        self._steps, self._mark = 0, self._now(task)
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx: int) -> None:
+        self._steps += 1
+        if self._steps < self.block:
+            return
+        now = self._now(task)
+        if trainer.current_epoch > 0:
+            self.aelab_seconds.append(now - self._mark)
+            datamodule = trainer.datamodule
+            shape = (self.block, datamodule.batch_size)
+            for indices in torch.randint(len(self.images), shape, device=self.images.device):
+                bare_step(self.bare, datamodule, self.images, indices, self.optimizer)
+            done = self._now(task)
+            self.bare_seconds.append(done - now)
+            now = done
+        self._steps, self._mark = 0, now
+
+    def on_train_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        blocks = {"block": self.block, "aelab": self.aelab_seconds, "bare": self.bare_seconds}
+        Path(self.output).write_text(json.dumps(blocks))
+
+    @staticmethod
+    def _now(task: L.LightningModule) -> float:
+        if task.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def within_run_seconds(overrides: list[str], epochs: int, batches: int) -> dict:
+    """aelab's and the bare loop's seconds per block, alternating inside one train.train run."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        output = Path(run_dir) / "blocks.json"
+        extra = [
+            f"trainer.max_epochs={epochs}",
+            f"+trainer.limit_train_batches={batches}",
+            f"+callbacks.bare_steps._target_={BareStepsBetween.__module__}.BareStepsBetween",
+            f"+callbacks.bare_steps.output={output}",
+        ]
+        train(compose_config([*overrides, *extra], run_dir), Path(run_dir))
+        return json.loads(output.read_text())
 
 
 class _PerSampleLab:
@@ -142,6 +217,7 @@ def recipe_rates(
 
 
 Rates = dict[tuple[str, str], list[list[float]]]  # (task, path) -> per repeat, its counted epochs
+WithinRun = dict[str, list[dict]]  # task -> per repeat, BareStepsBetween's blocks
 
 
 def measure(
@@ -152,8 +228,9 @@ def measure(
     batches: int,
     accelerator: str,
     workers: int,
-) -> Rates:
-    """Measured images/s per (task, path) and repeat, warm-up epochs dropped.
+) -> tuple[Rates, WithinRun]:
+    """Measured images/s per (task, path) and repeat, warm-up epochs dropped, and the blocks of
+    one within-run comparison per repeat.
 
     The paths take turns, a b c then c b a (and again), so that a slow spell of a shared machine
     lands on all three instead of on whichever ran then, and a steady drift cancels over two
@@ -161,6 +238,7 @@ def measure(
     """
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     results: Rates = {}
+    within: WithinRun = {}
     for task in tasks:
         overrides = [
             f"task={task}",
@@ -178,7 +256,8 @@ def measure(
             order = PATHS if repeat % 2 == 0 else PATHS[::-1]
             for path in order:
                 results.setdefault((task, path), []).append(runs[path]()[1:])
-    return results
+            within.setdefault(task, []).append(within_run_seconds(overrides, epochs, batches))
+    return results, within
 
 
 def paired_ratios(results: Rates, task: str, other: str) -> list[float]:
@@ -219,6 +298,29 @@ def format_table(results: Rates, header: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def format_within_run(within: WithinRun) -> str:
+    """The second table: aelab and the bare loop alternating inside the same runs."""
+    lines = [
+        "| task | (a) aelab ms/step | (b) bare loop ms/step | aelab's cost per step | a/b within a run |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for task, runs in within.items():
+        steps = sum(len(run["aelab"]) * run["block"] for run in runs)
+        aelab = sum(sum(run["aelab"]) for run in runs) / steps * 1e3
+        bare = sum(sum(run["bare"]) for run in runs) / steps * 1e3
+        per_run = [sum(run["bare"]) / sum(run["aelab"]) for run in runs]
+        lines.append(
+            f"| {task} | {aelab:.2f} | {bare:.2f} | {aelab - bare:.2f} ms | {bare / aelab:.3f} "
+            f"({min(per_run):.3f}–{max(per_run):.3f}) |"
+        )
+    lines.append(
+        "\nWithin a run: blocks of aelab steps and as many bare steps on a copy of the network take "
+        "turns in the same train.py run (BareStepsBetween), over every measured epoch of every "
+        "repeat; a/b is the bare loop's total time over aelab's (range: per run)."
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -240,10 +342,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the recipe")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     args = parser.parse_args(argv)
+    if args.epochs < 2 or args.batches < 1 or args.repeats < 1:
+        parser.error("--epochs needs at least 2 (the first warms up), --batches and --repeats 1")
     accelerator = args.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    results = measure(
+    results, within = measure(
         args.root, args.tasks, args.repeats, args.epochs, args.batches, accelerator, args.workers
     )
     device = torch.cuda.get_device_name() if accelerator == "gpu" else platform.processor() or "cpu"
@@ -255,6 +359,6 @@ def main(argv: list[str] | None = None) -> str:
         f"{args.batches} batches (+1 warm-up epoch each), "
         f"recipe workers {args.workers}",
     }
-    table = format_table(results, header)
+    table = format_table(results, header) + "\n\n" + format_within_run(within)
     print(table)
     return table
