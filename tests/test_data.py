@@ -9,7 +9,7 @@ from aelab.data.batches import batch_loader
 from aelab.data.sources import load_cifar10, load_image_folder
 from aelab.data.splits import split_parts
 from aelab.errors import AelabError
-from tests.conftest import write_images
+from tests.conftest import make_image_folder, write_images
 
 
 def parts(train: int = 50, test: int = 10) -> dict[str, torch.Tensor]:
@@ -81,6 +81,17 @@ def test_image_folder_decodes_every_image_and_caches_outside_the_root(image_fold
     assert all(torch.equal(loaded[k], again[k]) for k in loaded)
     assert not any(p.suffix == ".pt" for p in image_folder.rglob("*"))
     assert cached.stat().st_size > 80 * 3 * 32 * 32
+
+
+def test_a_changed_or_added_image_makes_a_new_cache_entry(tmp_path):
+    root, cache = make_image_folder(tmp_path / "images", 3, 1), tmp_path / "cache"
+    first = load_image_folder(root, 32, cache)
+    write_images(root / "train" / "cats", 1, seed=99)  # 0000.png rewritten: new content and mtime
+    second = load_image_folder(root, 32, cache)
+    assert not torch.equal(first["train"], second["train"]) and len(list(cache.iterdir())) == 2
+    write_images(root / "test" / "cats", 2, seed=5)  # test/cats/0001.png is new
+    assert len(load_image_folder(root, 32, cache)["test"]) == len(first["test"]) + 1
+    assert len(list(cache.iterdir())) == 3
 
 
 def test_image_folder_resizes_and_ignores_hidden_dirs(tmp_path):

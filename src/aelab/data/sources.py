@@ -63,13 +63,18 @@ class _VisibleImageFolder(ImageFolder):
         return classes, {name: index for index, name in enumerate(classes)}
 
 
-def list_folder_images(directory: Path) -> list[Path]:
-    """Image files of an ImageFolder-layout directory, in ImageFolder's (sorted) order."""
+def list_folder_images(directory: Path) -> list[str]:
+    """Image files of an ImageFolder-layout directory, in ImageFolder's (sorted) order.
+
+    Plain strings, not Paths: CIFAR-10 has 60,000 files, and every run lists them to check its
+    cache, so pathlib's per-object cost would be most of a second of each run's start.
+    """
     try:
         folder = _VisibleImageFolder(
             str(directory),
             is_valid_file=lambda path: (
-                path.lower().endswith(IMAGE_EXTENSIONS) and not Path(path).name.startswith(".")
+                path.lower().endswith(IMAGE_EXTENSIONS)
+                and not os.path.basename(path).startswith(".")
             ),
         )
     except FileNotFoundError as error:  # torchvision's message for a class dir with no images
@@ -77,7 +82,7 @@ def list_folder_images(directory: Path) -> list[Path]:
             f"{directory}: {error} Every class directory needs at least one image "
             f"({', '.join(IMAGE_EXTENSIONS)}); remove the empty ones."
         ) from error
-    return [Path(path) for path, _ in folder.samples]
+    return [path for path, _ in folder.samples]
 
 
 def load_image_folder(
@@ -103,7 +108,7 @@ def load_image_folder(
     return parts
 
 
-def _decode_all(paths: list[Path], image_size: int) -> torch.Tensor:
+def _decode_all(paths: list[str], image_size: int) -> torch.Tensor:
     """Decode in threads (Pillow releases the GIL while decoding); name every file that fails."""
     out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
     bad: list[str] = []
@@ -132,18 +137,17 @@ def _decode_all(paths: list[Path], image_size: int) -> torch.Tensor:
 
 
 def _cache_file(
-    root: Path, image_size: int, files: dict[str, list[Path]], cache_dir: str | Path | None
+    root: Path, image_size: int, files: dict[str, list[str]], cache_dir: str | Path | None
 ) -> Path | None:
     """A file named by everything that changes the decoded tensors: paths, sizes, mtimes, size."""
     if cache_dir is None:
         return None
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{root}|{image_size}".encode())
+    prefix = len(str(root)) + 1  # the listed paths all start with ROOT/
     for part, paths in files.items():
         for path in paths:
-            stat = path.stat()
-            digest.update(
-                f"|{part}|{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-            )
+            stat = os.stat(path)
+            digest.update(f"|{part}|{path[prefix:]}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return Path(cache_dir).expanduser() / f"folder-{root.name}-{digest.hexdigest()[:16]}.pt"
 
 
