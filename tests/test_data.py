@@ -1,3 +1,4 @@
+import hashlib
 import os
 from types import SimpleNamespace
 
@@ -6,7 +7,7 @@ import torch
 
 from aelab.data import ImageDataModule
 from aelab.data.batches import batch_loader
-from aelab.data.sources import load_cifar10, load_image_folder
+from aelab.data.sources import CACHE_FORMAT, load_cifar10, load_image_folder
 from aelab.data.splits import split_parts
 from aelab.errors import AelabError
 from tests.conftest import make_image_folder, write_images
@@ -92,6 +93,20 @@ def test_a_changed_or_added_image_makes_a_new_cache_entry(tmp_path):
     write_images(root / "test" / "cats", 2, seed=5)  # test/cats/0001.png is new
     assert len(load_image_folder(root, 32, cache)["test"]) == len(first["test"]) + 1
     assert len(list(cache.iterdir())) == 3
+
+
+def test_cache_key_is_every_files_relative_path_size_and_mtime(tmp_path):
+    """Pinned to its formula, so that a faster way to compute it cannot quietly orphan caches."""
+    root, cache = make_image_folder(tmp_path / "images", 2, 1), tmp_path / "cache"
+    load_image_folder(root, 32, cache)
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{root.resolve()}|32".encode())
+    for part in ("train", "test"):
+        for path in sorted((root / part).rglob("*.png")):
+            stat = path.stat()
+            relative = path.relative_to(root).as_posix()
+            digest.update(f"|{part}|{relative}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    (cached,) = cache.iterdir()
+    assert cached.name == f"folder-images-{digest.hexdigest()[:16]}.pt"
 
 
 def test_image_folder_resizes_and_ignores_hidden_dirs(tmp_path):

@@ -26,6 +26,14 @@ def test_objects_alive_before_are_frozen_while_new_garbage_is_still_collected():
     assert old_ref() is None
 
 
+def test_garbage_left_by_a_previous_job_is_collected_not_frozen():
+    garbage = _Cycle()
+    garbage_ref = weakref.ref(garbage)
+    del garbage  # unreachable, but only a collection frees a cycle
+    with frozen_heap():
+        assert garbage_ref() is None
+
+
 def test_the_heap_is_unfrozen_when_the_block_fails():
     with pytest.raises(RuntimeError), frozen_heap():
         raise RuntimeError("a run that stopped")

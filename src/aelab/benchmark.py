@@ -49,11 +49,14 @@ def compose_config(overrides: list[str], output_dir: str) -> DictConfig:
         return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 
+def run_limits(epochs: int, batches: int) -> list[str]:
+    return [f"trainer.max_epochs={epochs}", f"+trainer.limit_train_batches={batches}"]
+
+
 def aelab_rates(overrides: list[str], epochs: int, batches: int) -> list[float]:
     """(a): aelab.train.train itself, limited to `batches` training batches per epoch."""
     with tempfile.TemporaryDirectory() as run_dir:
-        limits = [f"trainer.max_epochs={epochs}", f"+trainer.limit_train_batches={batches}"]
-        train(compose_config([*overrides, *limits], run_dir), Path(run_dir))
+        train(compose_config([*overrides, *run_limits(epochs, batches)], run_dir), Path(run_dir))
         return json.loads((Path(run_dir) / "timing.json").read_text())["images_per_second"]
 
 
@@ -95,9 +98,10 @@ class BareStepsBetween(L.Callback):
     (bare_step) on a copy of the network, each block timed.
 
     The two alternate about every quarter second, so this machine's slow and fast spells, which
-    last longer, fall on both alike: the a/b with the least noise this machine allows. The first
-    epoch warms up; a block's aelab time includes everything aelab does in those steps (hooks,
-    callbacks, the step checkpoint every 100 steps), but not validation.
+    last longer, fall on both alike: the a/b with the least noise this machine allows. A block of
+    aelab's steps runs from one step's start to the start of the step after the block (or to the
+    epoch's validation), so it holds everything aelab does in those steps: fetching, hooks, every
+    callback, the step checkpoint every 100 steps. The first epoch warms both up, untimed.
     """
 
     def __init__(self, output: str, block: int = 10) -> None:
@@ -112,23 +116,37 @@ class BareStepsBetween(L.Callback):
         self.block = min(self.block, trainer.num_training_batches)  # a tiny split: one block/epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
-        self._steps, self._mark = 0, self._now(task)
+        self._steps, self._mark, self._last_block_end = 0, self._now(task), None
 
-    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer, task, batch, batch_idx: int) -> None:
+        if self._steps == self.block:
+            self._close_block(trainer, task, self._now(task))
         self._steps += 1
-        if self._steps < self.block:
-            return
-        now = self._now(task)
+
+    def on_validation_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        # The epoch's last block ends here; its bare steps wait for on_train_epoch_end, because
+        # validation runs under inference mode.
+        if not trainer.sanity_checking and self._steps == self.block:
+            self._steps, self._last_block_end = -1, self._now(task)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        if self._steps == self.block:  # an epoch without validation
+            self._last_block_end = self._now(task)
+        if self._last_block_end is not None:
+            self._close_block(trainer, task, self._last_block_end)
+        self._last_block_end = None  # a last, shorter block is left out
+
+    def _close_block(self, trainer: L.Trainer, task: L.LightningModule, end: float) -> None:
+        start = self._now(task)
+        datamodule = trainer.datamodule
+        shape = (self.block, datamodule.batch_size)
+        for indices in torch.randint(len(self.images), shape, device=self.images.device):
+            bare_step(self.bare, datamodule, self.images, indices, self.optimizer)
+        done = self._now(task)
         if trainer.current_epoch > 0:
-            self.aelab_seconds.append(now - self._mark)
-            datamodule = trainer.datamodule
-            shape = (self.block, datamodule.batch_size)
-            for indices in torch.randint(len(self.images), shape, device=self.images.device):
-                bare_step(self.bare, datamodule, self.images, indices, self.optimizer)
-            done = self._now(task)
-            self.bare_seconds.append(done - now)
-            now = done
-        self._steps, self._mark = 0, now
+            self.aelab_seconds.append(end - self._mark)
+            self.bare_seconds.append(done - start)
+        self._steps, self._mark = 0, done
 
     def on_train_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         blocks = {"block": self.block, "aelab": self.aelab_seconds, "bare": self.bare_seconds}
@@ -146,8 +164,7 @@ def within_run_seconds(overrides: list[str], epochs: int, batches: int) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         output = Path(run_dir) / "blocks.json"
         extra = [
-            f"trainer.max_epochs={epochs}",
-            f"+trainer.limit_train_batches={batches}",
+            *run_limits(epochs, batches),
             f"+callbacks.bare_steps._target_={BareStepsBetween.__module__}.BareStepsBetween",
             f"+callbacks.bare_steps.output={output}",
         ]

@@ -2,9 +2,9 @@
 
 After importing torch, Lightning and Hydra, the collector tracks about half a million objects. Its
 oldest generation walks all of them, about 250 ms on a 2-core CPU, at moments set by allocation
-counts, so one such pass can land in the middle of an epoch (scripts/benchmark.py saw it as a
-5 % slower epoch). Those objects live for the whole run, so they are frozen out of the
-collector's reach while training; objects made after the freeze are collected as usual.
+counts, so one such pass can land in the middle of an epoch. Those objects live for the whole
+run, so they are frozen out of the collector's reach while training; objects made after the
+freeze are collected as usual.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from contextlib import contextmanager
 
 @contextmanager
 def frozen_heap() -> Iterator[None]:
-    """Leave everything alive now out of later passes until the block ends.
+    """Leave everything alive now out of later passes until the block ends (not reentrant: the
+    inner block's end would unfreeze the outer one's objects too).
 
-    No collection first: that would be the 250 ms pass itself, and the few unreachable cycles a
-    freeze keeps are handed back to the collector by the unfreeze.
+    One full collection first: a previous job of the same process (a sweep, the benchmark) can
+    leave its trainer, task and data in reference cycles, and freezing them would keep them
+    alive, data included, for the whole run.
     """
+    gc.collect()
     gc.freeze()
     try:
         yield

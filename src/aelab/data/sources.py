@@ -143,7 +143,7 @@ def _cache_file(
     if cache_dir is None:
         return None
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{root}|{image_size}".encode())
-    prefix = len(str(root)) + 1  # the listed paths all start with ROOT/
+    prefix = len(os.path.join(str(root), ""))  # the listed paths all start with ROOT/
     for part, paths in files.items():
         for path in paths:
             stat = os.stat(path)
