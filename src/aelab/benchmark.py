@@ -38,6 +38,7 @@ from torchvision.datasets import ImageFolder
 from aelab import CONFIG_DIR
 from aelab.color import rgb_to_lab_normalized
 from aelab.heap import frozen_heap
+from aelab.nvml import drop_check_without_nvml
 from aelab.train import build, train
 
 TASKS = ("reconstruction", "colorization")
@@ -361,6 +362,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if args.epochs < 2 or args.batches < 1 or args.repeats < 1:
         parser.error("--epochs needs at least 2 (the first warms up), --batches and --repeats 1")
+    drop_check_without_nvml()  # as train.py does, before any path runs, so all three run alike
     accelerator = args.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"

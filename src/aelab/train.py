@@ -32,6 +32,7 @@ from aelab.distributed import export_run_to_children, launch_rank, launch_state_
 from aelab.errors import AelabError
 from aelab.heap import frozen_heap
 from aelab.models import ConvAutoEncoder
+from aelab.nvml import drop_check_without_nvml
 from aelab.reliability import (
     AtomicCheckpointIO,
     FlushLogsWithCheckpoints,
@@ -118,6 +119,7 @@ def bottleneck(model: ConvAutoEncoder, image_size: int) -> dict:
 
 
 def train(cfg: DictConfig, output_dir: Path) -> float | None:
+    drop_check_without_nvml()  # a failed library load per optimizer step otherwise (aelab/nvml.py)
     L.seed_everything(cfg.seed, workers=True)
     task, datamodule = build(cfg)
     owner = launch_rank() == 0  # rank zero writes the run's files; other ranks only train
