@@ -12,8 +12,9 @@ class NoProfiler(Profiler):
 
     Lightning wraps every hook call of the module, the strategy and each callback in
     `profiler.profile(name)`, about 170 times a training step with aelab's callbacks. The default
-    profiler builds a generator-based context manager for each, which was about 0.1 ms of a
-    24 ms step on this project's 2-core CPU; this one hands back the same nullcontext every time.
+    profiler builds a generator-based context manager for each: 0.92 µs a call against 0.21 µs
+    for this one, which hands back the same nullcontext every time (about 0.12 ms a step saved on
+    this project's 2-core CPU).
     `trainer.profiler=simple` (or advanced, pytorch) profiles a run as usual.
     """
 
