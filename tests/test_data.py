@@ -4,6 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch, sized_len
+from lightning.pytorch.utilities.data import _is_dataloader_shuffled
 
 from aelab.data import ImageDataModule
 from aelab.data.batches import batch_loader
@@ -152,6 +154,14 @@ def test_batches_are_index_slices_in_the_epochs_order():
     assert not torch.equal(torch.cat(list(loader)), torch.cat(epoch_one))
     loader.sampler.set_epoch(1)
     assert torch.equal(torch.cat(list(loader)), torch.cat(epoch_one))
+
+
+def test_lightning_sets_the_epoch_and_counts_the_batches_of_a_plain_batch_iterable():
+    loader = batch_loader(parts(100, 0)["train"], batch_size=32, shuffle=True, seed=3)
+    _set_sampler_epoch(loader, 5)  # what Lightning's fit loop calls before every epoch
+    assert loader.sampler.epoch == 5
+    assert sized_len(loader) == 4 == len(list(loader))
+    assert not _is_dataloader_shuffled(loader)  # Lightning's check on val/test loaders runs
 
 
 def test_datamodule_serves_float_rgb_or_normalised_lab(image_folder, tmp_path):

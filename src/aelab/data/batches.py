@@ -6,21 +6,10 @@ Lightning's DistributedSampler is switched off (trainer.use_distributed_sampler=
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-
-
-class IndexedImages(Dataset):
-    """A uint8 image tensor indexed by a whole batch of indices at once."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.images[indices]
+from torch.utils.data import Sampler
 
 
 class EpochBatches(Sampler[torch.Tensor]):
@@ -91,6 +80,28 @@ class EpochBatches(Sampler[torch.Tensor]):
         return full + (rest > 0 and keeps_last)
 
 
+class SlicedBatches:
+    """The batches `images[indices]` for the index batches of `sampler`, in its order.
+
+    A plain iterable, not a DataLoader: Lightning takes any iterable and finds `.sampler` on it for
+    set_epoch as on a DataLoader, and a DataLoader's per-batch machinery (its iterator, profiler
+    op, fetcher and collate step) has nothing to do when every item is already a whole batch.
+    """
+
+    batch_sampler = None  # Lightning reads it beside .sampler, as on a DataLoader without one
+
+    def __init__(self, images: torch.Tensor, sampler: EpochBatches, pin_memory: bool = False):
+        self.images, self.sampler, self.pin_memory = images, sampler, pin_memory
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for indices in self.sampler:
+            batch = self.images[indices]
+            yield batch.pin_memory() if self.pin_memory else batch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def batch_loader(
     images: torch.Tensor,
     batch_size: int,
@@ -99,15 +110,7 @@ def batch_loader(
     pin_memory: bool = False,
     rank: int = 0,
     ranks: int = 1,
-) -> DataLoader:
-    """A DataLoader whose every item is already a whole batch (batch_size=None); shuffled loaders
-    (training) give every rank the same number of batches."""
-    return DataLoader(
-        IndexedImages(images),
-        sampler=EpochBatches(
-            len(images), batch_size, shuffle, seed, rank, ranks, same_steps=shuffle
-        ),
-        batch_size=None,
-        num_workers=0,
-        pin_memory=pin_memory,
-    )
+) -> SlicedBatches:
+    """Whole batches of `images`; shuffled loaders (training) give every rank the same number."""
+    sampler = EpochBatches(len(images), batch_size, shuffle, seed, rank, ranks, same_steps=shuffle)
+    return SlicedBatches(images, sampler, pin_memory)

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from aelab.color import rgb_to_lab_normalized
-from aelab.data.batches import batch_loader
+from aelab.data.batches import SlicedBatches, batch_loader
 from aelab.data.sources import load_cifar10, load_image_folder
 from aelab.data.splits import check_split_settings, split_parts
 from aelab.errors import AelabError
@@ -118,7 +117,7 @@ class ImageDataModule(L.LightningDataModule):
     def split_sizes(self) -> dict[str, int]:
         return {name: len(images) for name, images in self.splits.items()}
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> SlicedBatches:
         loader = self._loader("train", self.batch_size, shuffle=True)
         if self._resume_position is not None:
             loader.sampler.resume_at(*self._resume_position)
@@ -156,13 +155,13 @@ class ImageDataModule(L.LightningDataModule):
             )
         self._resume_position = (state_dict["train_epoch"], state_dict["train_batches_done"])
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> SlicedBatches:
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> SlicedBatches:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> SlicedBatches:
         """On a GPU the whole uint8 split moves to it once and batches are sliced there; under
         DDP each rank iterates its own shard of the same order (see EpochBatches)."""
         trainer = self.trainer
