@@ -187,6 +187,21 @@ def test_ddp_with_more_processes_than_a_splits_images_is_refused(image_folder):
         dm.setup("fit")
 
 
+def test_overfit_batches_trains_on_the_same_first_batches_every_epoch(image_folder):
+    dm = ImageDataModule(source="folder", root=str(image_folder), batch_size=16)
+    dm.setup("fit")
+    cpu = SimpleNamespace(root_device=torch.device("cpu"))
+    trainer = SimpleNamespace(strategy=cpu, global_rank=0, world_size=1, overfit_batches=0)
+    dm.trainer = trainer
+    shuffled = dm.train_dataloader()
+    assert not torch.equal(torch.cat(list(shuffled)), dm.splits["train"])
+    trainer.overfit_batches = 2
+    loader = dm.train_dataloader()
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        assert torch.equal(torch.cat(list(loader)), dm.splits["train"])
+
+
 @pytest.mark.skipif(
     "AELAB_CIFAR10_JPG" not in os.environ,
     reason="needs the shared CIFAR-10 copy; .ci/run sets AELAB_CIFAR10_JPG (test_integration too)",

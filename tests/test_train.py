@@ -100,6 +100,8 @@ def test_cli_unknown_option_lists_the_choices(tmp_path):
         (["model.kernel_size=4"], "kernel_size"),
         (["model.widths=[]"], "model.widths"),
         (["optimizer.lr=0"], "optimizer.lr"),
+        (["optimizer._target_=torch.optim.LBFGS"], "~optimizer.foreach"),
+        (["+optimizer.fused=true"], "~optimizer.foreach"),
         (["data.batch_size=0"], "batch_size"),
         (["data.val_fraction=0.5", "data.test_fraction=0.6"], "fraction"),
         (["widths=deep", "data.image_size=36", "data=folder", "data.root=."], "multiple of 8"),

@@ -7,6 +7,7 @@ been parsed, so `python train.py --help` does not wait for torch and Lightning.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -50,6 +51,9 @@ log = logging.getLogger("aelab")
 warnings.filterwarnings(
     "ignore", "You're resuming from a checkpoint that ended before the epoch", PossibleUserWarning
 )
+# With trainer.overfit_batches Lightning switches a DataLoader's shuffling off and says so; aelab's
+# batches (not a DataLoader) are served in order by ImageDataModule itself then, so the note is wrong.
+warnings.filterwarnings("ignore", "You requested to overfit but enabled")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
@@ -63,6 +67,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     lr = cfg.optimizer.get("lr")
     if lr is not None and not lr > 0:
         raise AelabError(f"optimizer.lr must be positive, got {lr}; e.g. optimizer.lr=1e-3.")
+    check_optimizer_arguments(cfg.optimizer)
     task_class = get_class(cfg.task._target_)
     model = _instantiate(
         cfg.model, in_channels=task_class.in_channels, out_channels=task_class.out_channels
@@ -77,6 +82,29 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
         )
     task = _instantiate(cfg.task, model=model, optimizer=_instantiate(cfg.optimizer))
     return task, datamodule
+
+
+def check_optimizer_arguments(node: DictConfig) -> None:
+    """The optimizer is built only when fit starts (a partial), so its arguments are checked here:
+    the default Adam's `foreach` is not an argument of every optimizer, nor compatible with `fused`."""
+    try:
+        optimizer_class = get_class(node._target_)
+    except Exception:  # an unknown class: _instantiate reports it with Hydra's own message
+        return
+    accepted = inspect.signature(optimizer_class).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = [key for key in node if not key.startswith("_") and key not in accepted]
+    if unknown and not takes_any:
+        raise AelabError(
+            f"{optimizer_class.__name__} takes no {', '.join(unknown)} argument, but the config "
+            f"gives optimizer.{unknown[0]} (the default Adam sets optimizer.foreach); drop it "
+            f"with ~optimizer.{unknown[0]} on the command line."
+        )
+    if node.get("fused") and node.get("foreach"):
+        raise AelabError(
+            "optimizer.fused=true and optimizer.foreach=true cannot both be set; add "
+            "~optimizer.foreach to use the fused kernel."
+        )
 
 
 def _instantiate(node: DictConfig, **kwargs):

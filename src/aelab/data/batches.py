@@ -90,10 +90,14 @@ class SlicedBatches:
 
     batch_sampler = None  # Lightning reads it beside .sampler, as on a DataLoader without one
 
-    def __init__(self, images: torch.Tensor, sampler: EpochBatches, pin_memory: bool = False):
+    def __init__(
+        self, images: torch.Tensor, sampler: EpochBatches, pin_memory: bool = False
+    ) -> None:
         self.images, self.sampler, self.pin_memory = images, sampler, pin_memory
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        # A generator: Lightning calls iter() once just to check the type, and that call must not
+        # consume a resumed run's skip (EpochBatches.__iter__ runs only at the first next()).
         for indices in self.sampler:
             batch = self.images[indices]
             yield batch.pin_memory() if self.pin_memory else batch

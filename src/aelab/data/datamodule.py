@@ -172,6 +172,8 @@ class ImageDataModule(L.LightningDataModule):
                 self._device_splits[split] = images.to(device)
             images = self._device_splits[split]
         pin = device.type == "cuda" and not self.on_device
+        if shuffle and trainer is not None and trainer.overfit_batches:
+            shuffle = False  # trainer.overfit_batches: the same first batches in every epoch
         rank, ranks = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         return batch_loader(images, batch_size, shuffle, self.shuffle_seed, pin, rank, ranks)
 
