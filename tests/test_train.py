@@ -102,6 +102,8 @@ def test_cli_unknown_option_lists_the_choices(tmp_path):
         (["optimizer.lr=0"], "optimizer.lr"),
         (["optimizer._target_=torch.optim.LBFGS"], "~optimizer.foreach"),
         (["+optimizer.fused=true"], "~optimizer.foreach"),
+        (["+trainer.gradient_clip_val=0.5"], "+task.gradient_clip_val=0.5"),
+        (["+trainer.accumulate_grad_batches=2"], "data.batch_size=256"),
         (["data.batch_size=0"], "batch_size"),
         (["data.val_fraction=0.5", "data.test_fraction=0.6"], "fraction"),
         (["widths=deep", "data.image_size=36", "data=folder", "data.root=."], "multiple of 8"),

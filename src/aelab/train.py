@@ -54,6 +54,9 @@ warnings.filterwarnings(
 # With trainer.overfit_batches Lightning switches a DataLoader's shuffling off and says so; aelab's
 # batches (not a DataLoader) are served in order by ImageDataModule itself then, so the note is wrong.
 warnings.filterwarnings("ignore", "You requested to overfit but enabled")
+# The task steps its optimizer itself; Lightning then warns that a step checkpoint holds the weights
+# after the step, which is what a resume must continue from (as under automatic optimization).
+warnings.filterwarnings("ignore", "Using ModelCheckpoint with manual optimization")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
@@ -68,6 +71,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     if lr is not None and not lr > 0:
         raise AelabError(f"optimizer.lr must be positive, got {lr}; e.g. optimizer.lr=1e-3.")
     check_optimizer_arguments(cfg.optimizer)
+    check_trainer_arguments(cfg)
     task_class = get_class(cfg.task._target_)
     model = _instantiate(
         cfg.model, in_channels=task_class.in_channels, out_channels=task_class.out_channels
@@ -104,6 +108,28 @@ def check_optimizer_arguments(node: DictConfig) -> None:
         raise AelabError(
             "optimizer.fused=true and optimizer.foreach=true cannot both be set; add "
             "~optimizer.foreach to use the fused kernel."
+        )
+
+
+def check_trainer_arguments(cfg: DictConfig) -> None:
+    """The task steps its optimizer itself (AutoEncoderTask.training_step), which Lightning's
+    Trainer refuses to clip or accumulate for; say what does the same, before anything runs."""
+    node = cfg.trainer
+    if node.get("gradient_clip_val"):
+        raise AelabError(
+            f"trainer.gradient_clip_val={node.gradient_clip_val}: aelab's task clips the gradients "
+            "itself, right where Lightning would; give it as +task.gradient_clip_val="
+            f"{node.gradient_clip_val} (and +task.gradient_clip_algorithm=value to clip each "
+            "element instead of the norm) and drop the trainer's."
+        )
+    accumulate = node.get("accumulate_grad_batches", 1)
+    if accumulate != 1:
+        raise AelabError(
+            f"trainer.accumulate_grad_batches={accumulate} is not supported: aelab's task steps "
+            "its optimizer itself. The losses are means over the batch, so one batch "
+            f"{accumulate}× larger gives the same gradient: use data.batch_size="
+            f"{accumulate * cfg.data.batch_size} instead (32×32 images fit in memory by the "
+            "thousand)."
         )
 
 

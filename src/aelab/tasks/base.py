@@ -35,6 +35,8 @@ class AutoEncoderTask(L.LightningModule):
         loss: str = "bce",
         optimizer: OptimizerFactory | None = None,
         channels_last: bool = True,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -45,7 +47,26 @@ class AutoEncoderTask(L.LightningModule):
                 f"{self.out_channels} output channels, got {model.in_channels} and "
                 f"{model.out_channels}; build it with {type(self).__name__}.in_channels/out_channels."
             )
+        if gradient_clip_val is not None and not gradient_clip_val >= 0:
+            raise AelabError(
+                f"task.gradient_clip_val must be a positive number (or null for no clipping), got "
+                f"{gradient_clip_val}; e.g. task.gradient_clip_val=1.0."
+            )
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise AelabError(
+                f"task.gradient_clip_algorithm must be 'norm' (clip the gradients' total norm) or "
+                f"'value' (clip each element), got {gradient_clip_algorithm!r}."
+            )
         self.save_hyperparameters(ignore=["model", "optimizer"], logger=False)
+        # The step below backpropagates and steps the optimizer itself. Lightning's automatic
+        # optimization would run the same operations inside layers of closures, optimizer wrappers
+        # and hooks that cost about 0.5 ms per step here, 2 % of a CPU step (scripts/benchmark.py);
+        # clipping therefore lives here (gradient_clip_val), not in the Trainer.
+        self.automatic_optimization = False
+        self.gradient_clip_val, self.gradient_clip_algorithm = (
+            gradient_clip_val,
+            gradient_clip_algorithm,
+        )
         # channels_last: oneDNN's fast convolution layout on the CPU (about 1.6× here, see
         # scripts/benchmark.py); inputs are converted in forward, so callers need not care.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -100,13 +121,28 @@ class AutoEncoderTask(L.LightningModule):
         self._loss_images = 0
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """The step Lightning's automatic optimization takes, in the same order (so the same
+        weights): forward, loss, backward, optimizer step (precision plugin and hooks included)."""
         inputs, targets = self.split_batch(batch)
         loss = self.loss_fn(self(inputs), targets)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
         # Summed here and logged once per epoch: self.log on every step is Lightning's largest
         # per-step cost on this tiny network (scripts/benchmark.py), and only the mean is shown.
-        self._loss_sum.add_(loss.detach() * len(batch))
+        self._loss_sum.add_(loss.detach(), alpha=len(batch))
         self._loss_images += len(batch)
-        return loss
+        return loss  # for the callbacks' outputs["loss"] (StopOnDivergence)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Where Lightning clips in automatic optimization: after a mixed-precision unscale."""
+        if self.gradient_clip_val:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.gradient_clip_val,
+                gradient_clip_algorithm=self.gradient_clip_algorithm,
+            )
 
     def on_train_epoch_end(self) -> None:
         if self._loss_images:
@@ -140,6 +176,17 @@ class AutoEncoderTask(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A run saved when aelab still used automatic optimization counted its optimizer steps
+        there; moved over, its global step (step checkpoints, max_steps) continues on resume."""
+        loops = checkpoint.get("loops", {}).get("fit_loop", {})
+        automatic = loops.get("epoch_loop.automatic_optimization.optim_progress")
+        manual = loops.get("epoch_loop.manual_optimization.optim_step_progress")
+        if automatic and manual and not manual["total"]["completed"]:
+            loops["epoch_loop.manual_optimization.optim_step_progress"] = automatic["optimizer"][
+                "step"
+            ]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Plain-typed facts that let predict.py rebuild the network with weights_only loading."""
