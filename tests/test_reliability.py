@@ -281,9 +281,18 @@ def test_resume_at_continues_the_epoch_order_after_the_batches_done():
     assert resumed.epoch == 2 and [batch.tolist() for batch in resumed] == full
 
 
-def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+def lists_of_ints(states: dict) -> dict:
+    """The form checkpoints saved before the words were stored as tensors."""
+    name, keys, *numpy_rest = states["numpy"]
+    version, internal, gauss = states["python"]
+    python = (version, tuple(internal.tolist()), gauss)
+    return {**states, "numpy": [name, keys.tolist(), *numpy_rest], "python": python}
+
+
+@pytest.mark.parametrize("form", [lambda states: states, lists_of_ints])
+def test_random_states_round_trip_through_a_weights_only_checkpoint(form, tmp_path):
     callback = RandomStates()
-    torch.save(callback.state_dict(), tmp_path / "states.pt")
+    torch.save(form(callback.state_dict()), tmp_path / "states.pt")
     drawn = (torch.rand(3), np.random.rand(3), random.random())
     callback.load_state_dict(load(tmp_path / "states.pt"))
     again = (torch.rand(3), np.random.rand(3), random.random())
