@@ -23,6 +23,25 @@ def test_benchmark_prints_a_row_per_task_and_path_with_ratios(image_folder, tmp_
     assert [line.split(" | ")[0] for line in within] == ["| reconstruction", "| colorization"]
 
 
+def test_within_only_measures_one_table_with_the_given_overrides(
+    image_folder, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tiny = ["--repeats", "1", "--epochs", "2", "--batches", "2", "--tasks", "reconstruction"]
+    override = "callbacks.step_checkpoint.every_n_train_steps=1"
+    table = main(["--root", str(image_folder), *tiny, "--within-only", override])
+    assert f"overrides: {override}" in table and "| (a) aelab |" not in table
+    (row,) = [line for line in table.splitlines() if line.startswith("| reconstruction |")]
+    aelab_ms, bare_ms = (float(cell) for cell in row.split(" | ")[1:3])
+    assert aelab_ms > 0 and bare_ms > 0
+
+
+def test_a_mistyped_override_is_refused_before_measuring(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["callbacks.step_checkpoint.every_n_train_step=1"])
+    assert exit_info.value.code == 2 and "every_n_train_step" in capsys.readouterr().err
+
+
 def test_ratios_pair_each_repeat_so_a_slow_spell_divides_out():
     # The machine ran at full speed in repeat 1 and at half speed in repeat 2, for all paths.
     results = {

@@ -30,7 +30,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
@@ -246,9 +248,12 @@ def measure(
     batches: int,
     accelerator: str,
     workers: int,
+    extra_overrides: list[str] = (),
+    within_only: bool = False,
 ) -> tuple[Rates, WithinRun]:
     """Measured images/s per (task, path) and repeat, warm-up epochs dropped, and the blocks of
-    one within-run comparison per repeat.
+    one within-run comparison per repeat (only those with within_only). `extra_overrides` go
+    into every path's config, so what a setting costs can be measured.
 
     The paths take turns, a b c then c b a (and again), so that a slow spell of a shared machine
     lands on all three instead of on whichever ran then, and a steady drift cancels over two
@@ -264,6 +269,7 @@ def measure(
             f"data.root={root}",
             f"trainer.accelerator={accelerator}",
             "+trainer.limit_val_batches=2",
+            *extra_overrides,
         ]
         runs = {
             "aelab": partial(aelab_rates, overrides, epochs, batches),
@@ -271,7 +277,7 @@ def measure(
             "recipe": partial(recipe_rates, overrides, root, epochs, batches, accelerator, workers),
         }
         for repeat in range(repeats):
-            order = PATHS if repeat % 2 == 0 else PATHS[::-1]
+            order = () if within_only else PATHS if repeat % 2 == 0 else PATHS[::-1]
             for path in order:
                 results.setdefault((task, path), []).append(runs[path]()[1:])
             within.setdefault(task, []).append(within_run_seconds(overrides, epochs, batches))
@@ -287,8 +293,12 @@ def paired_ratios(results: Rates, task: str, other: str) -> list[float]:
     ]
 
 
+def format_header(header: dict[str, str]) -> str:
+    return "\n".join(f"{key}: {value}" for key, value in header.items())
+
+
 def format_table(results: Rates, header: dict[str, str]) -> str:
-    lines = [f"{key}: {value}" for key, value in header.items()]
+    lines = [format_header(header)]
     lines += [
         "",
         "| task | path | images/s (median) | range | a/b | a/c |",
@@ -359,15 +369,40 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--batches", type=int, default=100, help="training batches per epoch")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the recipe")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument(
+        "--within-only",
+        action="store_true",
+        help="only the second table (aelab's and bare steps taking turns in the same runs): the "
+        "least noisy measure of aelab's cost, in a third of the time",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides for every path, e.g. callbacks.step_checkpoint.every_n_train_steps"
+        "=100 to see what a setting costs",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 2 or args.batches < 1 or args.repeats < 1:
         parser.error("--epochs needs at least 2 (the first warms up), --batches and --repeats 1")
+    try:  # a mistyped override fails here, not after minutes of measuring
+        compose_config(args.overrides, "unused")
+    except (HydraException, OmegaConfBaseException) as error:
+        parser.error(f"config overrides {' '.join(args.overrides)}: {error}")
     drop_check_without_nvml()  # as train.py does, before any path runs, so all three run alike
     accelerator = args.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     results, within = measure(
-        args.root, args.tasks, args.repeats, args.epochs, args.batches, accelerator, args.workers
+        args.root,
+        args.tasks,
+        args.repeats,
+        args.epochs,
+        args.batches,
+        accelerator,
+        args.workers,
+        args.overrides,
+        args.within_only,
     )
     device = torch.cuda.get_device_name() if accelerator == "gpu" else platform.processor() or "cpu"
     header = {
@@ -377,7 +412,9 @@ def main(argv: list[str] | None = None) -> str:
         "settings": f"{args.repeats} interleaved repeats × {args.epochs - 1} measured epoch(s) of "
         f"{args.batches} batches (+1 warm-up epoch each), "
         f"recipe workers {args.workers}",
+        "overrides": " ".join(args.overrides) or "none (the default config)",
     }
-    table = format_table(results, header) + "\n\n" + format_within_run(within)
+    first = format_table(results, header) if results else format_header(header)
+    table = first + "\n\n" + format_within_run(within)
     print(table)
     return table
