@@ -27,7 +27,7 @@ def test_within_only_measures_one_table_with_the_given_overrides(
     image_folder, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("HOME", str(tmp_path))
-    tiny = ["--repeats", "1", "--epochs", "2", "--batches", "2", "--tasks", "reconstruction"]
+    tiny = ["--repeats", "1", "--epochs", "2", "--batches", "2", "--task", "reconstruction"]
     override = "callbacks.step_checkpoint.every_n_train_steps=1"
     table = main(["--root", str(image_folder), *tiny, "--within-only", override])
     assert f"overrides: {override}" in table and "| (a) aelab |" not in table

@@ -359,7 +359,13 @@ def main(argv: list[str] | None = None) -> str:
         default=os.environ.get("AELAB_CIFAR10_JPG", "../shared/data/cifar10-jpg"),
         help="image folder with train/<class>/ (default: $AELAB_CIFAR10_JPG or ../shared/data/cifar10-jpg)",
     )
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument(
+        "--task",
+        action="append",
+        choices=TASKS,
+        dest="tasks",
+        help="measure this task (give it twice for both; default: both)",
+    )
     parser.add_argument(
         "--epochs", type=int, default=2, help="epochs per run; the first is warm-up"
     )
@@ -395,7 +401,7 @@ def main(argv: list[str] | None = None) -> str:
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     results, within = measure(
         args.root,
-        args.tasks,
+        args.tasks or list(TASKS),
         args.repeats,
         args.epochs,
         args.batches,
