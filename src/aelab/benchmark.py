@@ -104,7 +104,7 @@ class BareStepsBetween(L.Callback):
     last longer, fall on both alike: the a/b with the least noise this machine allows. A block of
     aelab's steps runs from one step's start to the start of the step after the block (or to the
     epoch's validation), so it holds everything aelab does in those steps: fetching, hooks, every
-    callback, the step checkpoint when one falls in it. The first epoch warms both up, untimed.
+    callback, the step checkpoint every 100 steps. The first epoch warms both up, untimed.
     """
 
     def __init__(self, output: str, block: int = 10) -> None:
