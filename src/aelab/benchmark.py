@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> str:
         "--within-only",
         action="store_true",
         help="only the second table (aelab's and bare steps taking turns in the same runs): the "
-        "least noisy measure of aelab's cost, in a third of the time",
+        "least noisy measure of aelab's cost, in about a quarter of the time",
     )
     parser.add_argument(
         "overrides",
