@@ -60,22 +60,31 @@ def weights(task: L.LightningModule) -> torch.Tensor:
 AUTOMATIC = f"task._target_={__name__}.AutomaticReconstruction"
 
 
-@pytest.mark.parametrize(("clip", "algorithm"), [(None, "norm"), (1e-4, "norm"), (1e-3, "value")])
+@pytest.mark.parametrize(
+    ("clip", "algorithm", "precision"),
+    [
+        (None, "norm", "32-true"),
+        (1e-4, "norm", "32-true"),
+        (1e-3, "value", "32-true"),
+        (1e-4, "norm", "bf16-mixed"),
+    ],
+)
 def test_the_task_step_gives_the_weights_of_lightnings_automatic_optimization(
-    clip, algorithm, image_folder, tmp_path
+    clip, algorithm, precision, image_folder, tmp_path
 ):
-    """Bit for bit, with and without clipping: published results stay reproducible."""
-    steps = 6
+    """Bit for bit, with and without clipping, in float32 and under bf16 autocast: published
+    results stay reproducible."""
+    steps, mode = 6, {"precision": precision}
     clipping = [f"+task.gradient_clip_val={clip}", f"+task.gradient_clip_algorithm={algorithm}"]
-    own, trainer, _ = fitted(image_folder, tmp_path / "own", clipping if clip else [], steps)
-    lightning_clipping = {"gradient_clip_val": clip, "gradient_clip_algorithm": algorithm}
+    own, trainer, _ = fitted(image_folder, tmp_path / "own", clipping if clip else [], steps, mode)
+    lightning_clipping = {"gradient_clip_val": clip, "gradient_clip_algorithm": algorithm, **mode}
     automatic, _, _ = fitted(
         image_folder, tmp_path / "auto", [AUTOMATIC], steps, lightning_clipping
     )
     assert not own.automatic_optimization and trainer.global_step == steps
     assert torch.equal(weights(own), weights(automatic))
     if clip:  # the clipping did something, so the equality above covers it
-        unclipped, _, _ = fitted(image_folder, tmp_path / "unclipped", [], steps)
+        unclipped, _, _ = fitted(image_folder, tmp_path / "unclipped", [], steps, mode)
         assert not torch.equal(weights(own), weights(unclipped))
 
 
@@ -91,10 +100,21 @@ def test_a_checkpoint_saved_under_automatic_optimization_resumes_at_its_step(
     assert probe.global_step == 3 and resumed.global_step == 5
 
 
+def test_a_resumed_run_with_trainer_clipping_is_told_to_edit_its_saved_config(
+    image_folder, tmp_path
+):
+    """resume=RUN_DIR takes no overrides, so the message points at the run's own config."""
+    overrides = ["data=folder", f"data.root={image_folder}", "+trainer.gradient_clip_val=1"]
+    cfg = compose_config([*overrides, f"resume={tmp_path}"], tmp_path)
+    with pytest.raises(AelabError, match=r"\.hydra/config\.yaml.*resume again"):
+        build(cfg)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"gradient_clip_val": -1.0}, "gradient_clip_val must be a positive"),
+        ({"gradient_clip_val": -1.0}, "gradient_clip_val must be a number ≥ 0"),
+        ({"gradient_clip_val": "big"}, "gradient_clip_val must be a number ≥ 0"),
         ({"gradient_clip_algorithm": "l2"}, "'norm'"),
     ],
 )

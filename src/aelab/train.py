@@ -115,21 +115,28 @@ def check_trainer_arguments(cfg: DictConfig) -> None:
     """The task steps its optimizer itself (AutoEncoderTask.training_step), which Lightning's
     Trainer refuses to clip or accumulate for; say what does the same, before anything runs."""
     node = cfg.trainer
-    if node.get("gradient_clip_val"):
+    # A resumed run cannot take overrides: its saved config is what has to change.
+    where = (
+        f"in {Path(cfg.resume) / '.hydra' / 'config.yaml'} (this run was started before aelab "
+        "stepped the optimizer itself), then resume again"
+        if cfg.get("resume")
+        else "on the command line"
+    )
+    if node.get("gradient_clip_val") or node.get("gradient_clip_algorithm"):
         raise AelabError(
-            f"trainer.gradient_clip_val={node.gradient_clip_val}: aelab's task clips the gradients "
-            "itself, right where Lightning would; give it as +task.gradient_clip_val="
-            f"{node.gradient_clip_val} (and +task.gradient_clip_algorithm=value to clip each "
-            "element instead of the norm) and drop the trainer's."
+            f"trainer.gradient_clip_val / trainer.gradient_clip_algorithm are set: aelab's task "
+            "clips the gradients itself, right where Lightning would, so they belong to the task. "
+            "Move them to task.gradient_clip_val and task.gradient_clip_algorithm ('norm' or "
+            f"'value') {where}, e.g. +task.gradient_clip_val=1.0 for a new run."
         )
     accumulate = node.get("accumulate_grad_batches", 1)
     if accumulate != 1:
         raise AelabError(
             f"trainer.accumulate_grad_batches={accumulate} is not supported: aelab's task steps "
             "its optimizer itself. The losses are means over the batch, so one batch "
-            f"{accumulate}× larger gives the same gradient: use data.batch_size="
-            f"{accumulate * cfg.data.batch_size} instead (32×32 images fit in memory by the "
-            "thousand)."
+            f"{accumulate}× larger gives the same gradient: set data.batch_size="
+            f"{accumulate * cfg.data.batch_size} instead and drop the trainer's setting {where} "
+            "(under DDP data.batch_size is per process)."
         )
 
 
