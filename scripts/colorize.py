@@ -2,7 +2,7 @@
 
 import sys
 
-from aelab.predict import main
+from aelab.analysis.predict import main
 
 if __name__ == "__main__":
     sys.exit(main("colorization"))

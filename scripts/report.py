@@ -2,7 +2,7 @@
 
 import sys
 
-from aelab.report import main
+from aelab.analysis.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

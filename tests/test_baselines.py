@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from aelab import baselines
-from aelab.baselines import (
+from aelab.analysis import baselines
+from aelab.analysis.baselines import (
     avgpool_bicubic,
     binary_entropy_floor,
     cached_pca,

@@ -3,7 +3,6 @@
 import re
 
 import pytest
-
 from aelab.benchmark import format_table, format_within_run, main, paired_ratios
 
 

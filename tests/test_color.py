@@ -1,7 +1,7 @@
 import torch
 from kornia.color import rgb_to_lab
 
-from aelab.color import (
+from aelab.data.color import (
     lab_normalized_to_rgb,
     lab_to_rgb_keeping_lightness,
     rgb_to_lab_normalized,

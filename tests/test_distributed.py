@@ -11,8 +11,8 @@ import torch
 
 from aelab.data import ImageDataModule
 from aelab.data.batches import EpochBatches
-from aelab.distributed import child_arguments, launch_rank
 from aelab.errors import AelabError
+from aelab.runtime.distributed import child_arguments, launch_rank
 from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]

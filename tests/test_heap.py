@@ -3,7 +3,7 @@ import weakref
 
 import pytest
 
-from aelab.heap import frozen_heap
+from aelab.runtime.heap import frozen_heap
 
 
 class _Cycle:

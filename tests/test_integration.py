@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aelab.train import train
+from aelab.runtime.train import train
 from tests.conftest import compose_config
 
 CIFAR10_JPG = os.environ.get("AELAB_CIFAR10_JPG")

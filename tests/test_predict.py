@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from aelab.color import rgb_to_lab_normalized
+from aelab.analysis.predict import load_network, main
+from aelab.data.color import rgb_to_lab_normalized
 from aelab.errors import AelabError
-from aelab.predict import load_network, main
-from aelab.train import train
+from aelab.runtime.train import train
 from tests.conftest import compose_config
 
 

@@ -16,12 +16,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from aelab.callbacks import RandomStates
 from aelab.data.batches import EpochBatches
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
-from aelab.reliability import RandomStates
-from aelab.resume import resume_arguments
-from aelab.train import run
+from aelab.runtime.resume import resume_arguments
+from aelab.runtime.train import run
 from tests.conftest import CLEAN_ENVIRONMENT, compose_config, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_a_requeued_slurm_job_continues_its_run_from_the_last_checkpoint(
 
 SAVE_FOREVER = """
 import sys, torch
-from aelab.reliability import AtomicCheckpointIO
+from aelab.runtime.checkpoint_io import AtomicCheckpointIO
 io, path, index = AtomicCheckpointIO(), sys.argv[1], 0
 print("saving", flush=True)
 while True:

@@ -13,12 +13,12 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from aelab.baselines import binary_entropy_floor, to_unit
+from aelab.analysis.baselines import binary_entropy_floor, to_unit
+from aelab.analysis.report import write_report
+from aelab.analysis.runs import Run, describe_differences, find_runs, run_status
 from aelab.data import ImageDataModule
 from aelab.errors import AelabError
-from aelab.report import write_report
-from aelab.runs import Run, describe_differences, find_runs, run_status
-from aelab.train import train
+from aelab.runtime.train import train
 from tests.conftest import compose_config
 from tests.test_sweeps import REPO, run_train
 

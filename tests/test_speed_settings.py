@@ -6,12 +6,12 @@ import os
 
 import pytest
 import torch
+from aelab.profiler import NoProfiler
 from hydra.utils import instantiate
 from lightning.pytorch.profilers import SimpleProfiler
 
 from aelab import nvml
-from aelab.profiler import NoProfiler
-from aelab.train import build
+from aelab.runtime.train import build
 from tests.conftest import compose_config
 
 

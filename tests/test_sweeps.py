@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from aelab import CONFIG_DIR
+from aelab.analysis.runs import read_curves
 from aelab.errors import AelabError
-from aelab.runs import read_curves
-from aelab.train import available_cores, threads_per_job
+from aelab.runtime.train import available_cores, threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,10 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aelab import metrics
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
-from aelab.tasks import ReconstructionTask
+from aelab.tasks import ReconstructionTask, metrics
 from aelab.tasks.losses import bce_loss, mse_loss
 
 
@@ -94,7 +93,7 @@ def test_fast_ssim_equals_torchmetrics():
 
 
 def test_colorization_splits_lab_and_scores_the_grayscale_baseline():
-    from aelab.color import rgb_to_lab_normalized
+    from aelab.data.color import rgb_to_lab_normalized
     from aelab.tasks import ColorizationTask
 
     task = ColorizationTask(ConvAutoEncoder(in_channels=1, out_channels=2), loss="mse")

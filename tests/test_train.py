@@ -7,7 +7,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from aelab import CONFIG_DIR
-from aelab.train import build, train
+from aelab.runtime.train import build, train
 from tests.conftest import compose_config, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_same_seed_and_config_give_the_same_metrics(smoke_overrides, tmp_path):
 
 def test_the_bottleneck_is_stated_plainly():
     from aelab.models import ConvAutoEncoder
-    from aelab.train import bottleneck
+    from aelab.runtime.train import bottleneck
 
     facts = bottleneck(ConvAutoEncoder(), 32)
     assert (facts["latent_size"], facts["input_size"], facts["compression"]) == (1024, 3072, 3.0)

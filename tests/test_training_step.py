@@ -8,8 +8,8 @@ import torch
 
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
+from aelab.runtime.train import build
 from aelab.tasks import ReconstructionTask
-from aelab.train import build
 from tests.conftest import compose_config
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from aelab.color import rgb_to_lab_normalized
 from aelab.data.batches import SlicedBatches, batch_loader
+from aelab.data.color import rgb_to_lab_normalized
 from aelab.data.sources import load_cifar10, load_image_folder
 from aelab.data.splits import check_split_settings, split_parts
 from aelab.errors import AelabError
@@ -73,6 +73,7 @@ class ImageDataModule(L.LightningDataModule):
         self.splits: dict[str, torch.Tensor] = {}
         self._device_splits: dict[str, torch.Tensor] = {}
         self._resume_position: tuple[int, int] | None = None
+        self._trained: tuple[int, int] = (0, 0)  # (epoch, batches of it trained on)
 
     def prepare_data(self) -> None:
         """Download once (Lightning calls this on one process only)."""
@@ -127,15 +128,16 @@ class ImageDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, int]:
         """Where training stands in the epoch order, saved in every checkpoint.
 
-        The count comes from Lightning's own progress (batch_idx), not from the sampler: Lightning
-        fetches one batch ahead, so the sampler has always handed out one more than was trained on.
+        Counted as batches reach the model (on_after_batch_transfer), not as the sampler hands
+        them out: Lightning fetches one batch ahead.
         """
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
+        epoch, done = self._trained
         return {
             "train_epoch": trainer.current_epoch,
-            "train_batches_done": trainer.fit_loop.epoch_loop.batch_idx + 1,
+            "train_batches_done": done if epoch == trainer.current_epoch else 0,
             "ranks": trainer.world_size,
         }
 
@@ -154,6 +156,7 @@ class ImageDataModule(L.LightningDataModule):
                 f"it on {saved} (trainer.devices × trainer.num_nodes = {saved})."
             )
         self._resume_position = (state_dict["train_epoch"], state_dict["train_batches_done"])
+        self._trained = self._resume_position
 
     def val_dataloader(self) -> SlicedBatches:
         return self._loader("val", self.eval_batch_size, shuffle=False)
@@ -178,6 +181,11 @@ class ImageDataModule(L.LightningDataModule):
         return batch_loader(images, batch_size, shuffle, self.shuffle_seed, pin, rank, ranks)
 
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            epoch, done = self._trained
+            now = trainer.current_epoch
+            self._trained = (now, done + 1 if epoch == now else 1)
         return self.to_model_space(batch)
 
     def to_model_space(self, images: torch.Tensor) -> torch.Tensor:

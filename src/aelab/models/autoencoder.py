@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -128,3 +129,32 @@ def check_architecture(
     ):
         if value not in options:
             raise AelabError(f"model.{name} must be one of {sorted(options)}, got {value!r}.")
+
+
+def bottleneck(model: ConvAutoEncoder, image_size: int) -> dict:
+    """Latent shape, size and compression versus the input, and a sentence saying what it means."""
+    latent_shape = model.latent_shape(image_size, image_size)
+    latent_size = math.prod(latent_shape)
+    input_size = model.in_channels * image_size * image_size
+    compression = input_size / latent_size
+    shape = "×".join(map(str, latent_shape))
+    if latent_size < input_size:
+        summary = (
+            f"latent {shape} = {latent_size:,} values for a {model.in_channels}×{image_size}×"
+            f"{image_size} = {input_size:,}-value input: {compression:.1f}× compression"
+        )
+    else:
+        summary = (
+            f"latent {shape} = {latent_size:,} values for a {input_size:,}-value input: NO "
+            f"bottleneck (the code is {1 / compression:.1f}× larger than the input), so the "
+            "network can learn to copy its input and near-perfect scores say nothing about compression"
+        )
+    return {
+        "latent_shape": list(latent_shape),
+        "latent_size": latent_size,
+        "input_size": input_size,
+        "compression": round(compression, 4),
+        "has_bottleneck": latent_size < input_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "summary": summary,
+    }

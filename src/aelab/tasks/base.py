@@ -6,7 +6,8 @@ preview rows look; everything else lives here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import lightning as L
@@ -15,9 +16,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from aelab.errors import AelabError
-from aelab.metrics import ScoreMeans
 from aelab.models import ConvAutoEncoder
 from aelab.tasks.losses import LOSSES
+from aelab.tasks.metrics import ScoreMeans
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -31,60 +32,42 @@ class AutoEncoderTask(L.LightningModule):
 
     def __init__(
         self,
-        model: ConvAutoEncoder,
+        model: ConvAutoEncoder | dict,
         loss: str = "bce",
         optimizer: OptimizerFactory | None = None,
+        scheduler: dict | None = None,
         channels_last: bool = True,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str = "norm",
     ) -> None:
+        """`model` is the network, or its config() as saved in a checkpoint's hyperparameters;
+        `scheduler` is Lightning's lr_scheduler dict with a factory under "scheduler"."""
         super().__init__()
         if loss not in LOSSES:
             raise AelabError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}.")
+        if isinstance(model, Mapping):
+            model = ConvAutoEncoder(**model)
         if (model.in_channels, model.out_channels) != (self.in_channels, self.out_channels):
             raise AelabError(
                 f"The {self.name} task needs a network with {self.in_channels} input and "
                 f"{self.out_channels} output channels, got {model.in_channels} and "
                 f"{model.out_channels}; build it with {type(self).__name__}.in_channels/out_channels."
             )
-        if gradient_clip_val is not None and not (
-            isinstance(gradient_clip_val, (int, float)) and gradient_clip_val >= 0
-        ):
-            raise AelabError(
-                f"task.gradient_clip_val must be a number ≥ 0 (0 or null: no clipping), got "
-                f"{gradient_clip_val!r}; e.g. task.gradient_clip_val=1.0."
-            )
-        if gradient_clip_algorithm not in ("norm", "value"):
-            raise AelabError(
-                f"task.gradient_clip_algorithm must be 'norm' (clip the gradients' total norm) or "
-                f"'value' (clip each element), got {gradient_clip_algorithm!r}."
-            )
-        self.save_hyperparameters(ignore=["model", "optimizer"], logger=False)
-        # The step below backpropagates and steps the optimizer itself. Lightning's automatic
-        # optimization runs the same operations inside layers of closures, optimizer wrappers and
-        # hooks that cost about 0.16 ms per step here, 1 % of a CPU step (README, Throughput).
-        # What that costs in features: clipping lives here (gradient_clip_val), not in the Trainer;
-        # Lightning then neither accumulates gradients nor steps LR schedulers, and no longer calls
-        # the on_before_zero_grad, optimizer_zero_grad, optimizer_step and
-        # configure_gradient_clipping hooks.
-        self.automatic_optimization = False
-        self.gradient_clip_val, self.gradient_clip_algorithm = (
-            gradient_clip_val,
-            gradient_clip_algorithm,
+        # Plain types only, so load_from_checkpoint rebuilds the task even under weights_only.
+        self.save_hyperparameters(
+            {"model": model.config(), "loss": loss, "channels_last": channels_last}, logger=False
         )
-        # channels_last: oneDNN's fast convolution layout on the CPU (about 1.6× here, see
-        # scripts/benchmark.py); inputs are converted in forward, so callers need not care.
+        # channels_last: oneDNN's fast convolution layout on the CPU (docs/performance.md).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
         self.loss_fn = LOSSES[loss]
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
+        self.scheduler_config = dict(scheduler) if scheduler else None
         stages = ("val", "test")
         self.scores = nn.ModuleDict({stage: ScoreMeans(self.score_names) for stage in stages})
         self.baseline_scores = nn.ModuleDict({s: ScoreMeans(self.score_names) for s in stages})
         # Metrics, not plain tensors, so that under DDP the epoch's loss is the mean over every
         # rank's images (what best.ckpt is chosen by), not the mean of per-rank means.
         self.losses = nn.ModuleDict({stage: MeanMetric(nan_strategy="disable") for stage in stages})
-        # The epoch's training loss, summed (a buffer, so it follows the model to its device).
+        # The epoch's training loss, summed on the device: no host sync per step.
         self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
         self._loss_images = 0
 
@@ -108,15 +91,6 @@ class AutoEncoderTask(L.LightningModule):
         return None
 
     # Shared ---------------------------------------------------------------------------------
-    def __setattr__(self, name: str, value) -> None:
-        # Lightning sets _current_fx_name around every hook call, about 44 times per training step;
-        # it is never a parameter, buffer or submodule, so nn.Module's checks for those (about
-        # 70 µs per step here, measured with a no-op model) are skipped for it.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of inputs in the task's colour space."""
         return self.model(inputs.contiguous(memory_format=self.memory_format))
@@ -126,28 +100,15 @@ class AutoEncoderTask(L.LightningModule):
         self._loss_images = 0
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """The step Lightning's automatic optimization takes, in the same order (so the same
-        weights): forward, loss, backward, optimizer step (precision plugin and hooks included)."""
         inputs, targets = self.split_batch(batch)
-        loss = self.loss_fn(self(inputs), targets)
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
-        # Summed here and logged once per epoch: self.log on every step is Lightning's largest
-        # per-step cost on this tiny network (scripts/benchmark.py), and only the mean is shown.
-        self._loss_sum.add_(loss.detach(), alpha=len(batch))
-        self._loss_images += len(batch)
-        return loss  # for the callbacks' outputs["loss"] (StopOnDivergence)
+        return self.loss_fn(self(inputs), targets)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Where Lightning clips in automatic optimization: after a mixed-precision unscale."""
-        if self.gradient_clip_val:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=self.gradient_clip_val,
-                gradient_clip_algorithm=self.gradient_clip_algorithm,
-            )
+    def on_train_batch_end(self, outputs: dict, batch: torch.Tensor, batch_idx: int) -> None:
+        """Once per batch (LBFGS evaluates the step many times); Lightning divides the loss by the
+        accumulation count, so it is multiplied back for the epoch mean."""
+        scale = len(batch) * self.trainer.accumulate_grad_batches
+        self._loss_sum.add_(outputs["loss"], alpha=scale)
+        self._loss_images += len(batch)
 
     def on_train_epoch_end(self) -> None:
         if self._loss_images:
@@ -179,19 +140,33 @@ class AutoEncoderTask(L.LightningModule):
         for name, metric in means.items():
             self.log(f"{prefix}/{name}", metric, on_epoch=True, batch_size=batch_size)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        """The optimizer alone, or Lightning's dict form with the scheduler's interval, frequency
+        and monitor; a scheduler's `total_steps` left unset is the run's own (OneCycleLR)."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if not self.scheduler_config:
+            return optimizer
+        settings = dict(self.scheduler_config)
+        factory = settings.pop("scheduler")
+        if "total_steps" in inspect.signature(factory).parameters and (
+            getattr(factory, "keywords", {}).get("total_steps") is None
+        ):
+            factory = partial(factory, total_steps=self.trainer.estimated_stepping_batches)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": factory(optimizer), **settings},
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A run saved when aelab still used automatic optimization counted its optimizer steps
-        there; moved over, its global step (step checkpoints, max_steps) continues on resume."""
-        loops = checkpoint.get("loops", {}).get("fit_loop", {})
-        automatic = loops.get("epoch_loop.automatic_optimization.optim_progress")
-        manual = loops.get("epoch_loop.manual_optimization.optim_step_progress")
-        if automatic and manual and not manual["total"]["completed"]:
-            loops["epoch_loop.manual_optimization.optim_step_progress"] = automatic["optimizer"][
-                "step"
-            ]
+        if "gradient_clip_val" in checkpoint.get("hyper_parameters", {}):
+            raise AelabError(
+                "This checkpoint was saved by an aelab version whose task stepped the optimizer "
+                "itself (manual optimization); Lightning keeps that run's step count where "
+                "automatic optimization does not read it, so a resume would restart its step "
+                "count, step checkpoints and schedulers at 0. Start a new run from its weights "
+                "instead: python train.py ckpt_path=PATH (same model overrides), or evaluate it "
+                "with python eval.py ckpt_path=PATH."
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Plain-typed facts that let predict.py rebuild the network with weights_only loading."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from aelab import metrics
-from aelab.color import lab_normalized_to_rgb, unnormalize_lab
+from aelab.data.color import lab_normalized_to_rgb, unnormalize_lab
+from aelab.tasks import metrics
 from aelab.tasks.base import AutoEncoderTask
 
 

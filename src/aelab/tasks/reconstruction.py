@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from aelab import metrics
+from aelab.tasks import metrics
 from aelab.tasks.base import AutoEncoderTask
 
 

@@ -1,7 +1,7 @@
 """Runs read back from their directories: status, config, overrides, results and curves.
 
 A run dir is any directory holding `.hydra/config.yaml`. Its state comes from metrics.json, which
-aelab.train writes as {"status": "running", pid, host} once training starts, then replaces with
+aelab.runtime.train writes as {"status": "running", pid, host} once training starts, then replaces with
 the results ("completed") or {"status": "failed", error}. A run with no metrics.json stopped before
 training began; a "running" run whose process is gone was killed. Both are shown as crashed.
 """

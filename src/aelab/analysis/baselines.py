@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aelab import metrics
+from aelab.tasks import metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`python train.py resume=RUN_DIR`: continue a run in its own dir, with the config it started with.
 
-aelab.cli calls resume_arguments before Hydra parses the command line and swaps `resume=RUN_DIR`
+aelab.runtime.cli calls resume_arguments before Hydra parses the command line and swaps `resume=RUN_DIR`
 for arguments that make Hydra load RUN_DIR/.hydra/config.yaml itself (not a config composed anew
 from today's config files), write into RUN_DIR, and leave RUN_DIR/.hydra untouched
 (hydra.output_subdir=null). The run then finds `resume` set and continues from last.ckpt.

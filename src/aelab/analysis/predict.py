@@ -16,51 +16,10 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
-from aelab.color import lab_to_rgb_keeping_lightness, rgb_to_lab_normalized
+from aelab.data.color import lab_to_rgb_keeping_lightness, rgb_to_lab_normalized
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
-
-TASK_SCRIPTS = {"colorization": "scripts/colorize.py", "reconstruction": "scripts/reconstruct.py"}
-
-
-def load_network(path: str | Path, task: str) -> ConvAutoEncoder:
-    """The trained ConvAutoEncoder of an aelab checkpoint of the given task, in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise AelabError(
-            f"The checkpoint {path} does not exist. Runs keep theirs in <run dir>/checkpoints/ "
-            "(best.ckpt and last.ckpt)."
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise AelabError(
-            f"{path} could not be loaded as a checkpoint with weights_only=True ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}). It is corrupt, not a checkpoint, or holds objects "
-            "other than tensors and plain values, which aelab refuses to unpickle for safety."
-        ) from None
-    facts = checkpoint.get("aelab") if isinstance(checkpoint, dict) else None
-    if not isinstance(facts, dict) or "model" not in facts:
-        raise AelabError(f"{path} is not an aelab checkpoint (it has no 'aelab' entry).")
-    if facts.get("task") != task:
-        trained = facts.get("task")
-        raise AelabError(
-            f"{path} was trained for {trained}, not {task}; use "
-            f"{TASK_SCRIPTS.get(trained, 'the matching script')} with it."
-        )
-    network = ConvAutoEncoder(**facts["model"])
-    weights = {
-        key.removeprefix("model."): value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith("model.")
-    }
-    try:
-        network.load_state_dict(weights)
-    except RuntimeError as error:
-        raise AelabError(
-            f"{path}: the weights do not fit the network it describes ({error})."
-        ) from None
-    return network.eval()
+from aelab.models.checkpoint import load_network
 
 
 def read_rgb(path: Path) -> torch.Tensor:

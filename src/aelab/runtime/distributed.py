@@ -3,7 +3,7 @@
 For DDP on one node, Lightning starts the other ranks by running train.py again with the parent's
 command line. Under Hydra that line can be a whole sweep (`-m loss=bce,mse`), and its run dir is
 not the job's, so a child would start a sweep of its own or write a stray run dir. Instead the
-parent exports its run dir (export_run_to_children) and aelab.cli hands each child the exact
+parent exports its run dir (export_run_to_children) and aelab.runtime.cli hands each child the exact
 config the parent's job saved there (child_arguments), as `resume=` does.
 """
 
@@ -55,7 +55,7 @@ def launch_state_restored() -> Iterator[None]:
     processes to be started by someone else and start no children, or reuse the old process
     group, whose other ranks have exited; either way it would wait for them forever.
     """
-    import torch  # here, not at the top: aelab.cli imports this module before parsing --help
+    import torch  # here, not at the top: aelab.runtime.cli imports this module before parsing --help
 
     before = {name: os.environ.get(name) for name in LAUNCH_VARIABLES}
     try:

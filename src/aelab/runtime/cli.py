@@ -1,5 +1,5 @@
 """The entry point of train.py: the command line of a resume or of a DDP rank rewritten, then
-Hydra, then aelab.train."""
+Hydra, then aelab.runtime.train."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab import CONFIG_DIR
-from aelab.distributed import child_arguments
 from aelab.errors import AelabError
-from aelab.resume import resume_arguments
+from aelab.runtime.distributed import child_arguments
+from aelab.runtime.resume import resume_arguments
 
 
 def main() -> float | None:
@@ -25,6 +25,6 @@ def main() -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
-    from aelab.train import run  # torch and Lightning load only when there is a run to do
+    from aelab.runtime.train import run  # torch and Lightning load only when there is a run to do
 
     return run(cfg)

@@ -1,10 +1,10 @@
 """A Hydra callback that refuses to start a run in a dir that already holds another run.
 
 Hydra writes .hydra/ into the run dir before the run starts, so the check must come earlier
-than aelab.train: on_run_start (and on_multirun_start for a sweep dir) runs before that write.
+than aelab.runtime.train: on_run_start (and on_multirun_start for a sweep dir) runs before that write.
 `python train.py resume=RUN_DIR` does not pass through here: it loads the run's saved config,
 which registers no callbacks, and is meant to write into RUN_DIR. Nor does a requeued SLURM job,
-which continues its run (aelab.requeue).
+which continues its run (aelab.runtime.requeue).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from aelab.distributed import launch_rank
-from aelab.requeue import continues_requeued_run
+from aelab.runtime.distributed import launch_rank
+from aelab.runtime.requeue import continues_requeued_run
 
 RUN_MARKERS = (".hydra/config.yaml", "checkpoints", "metrics.json")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from aelab.runs import Curve
+from aelab.analysis.runs import Curve
 
 
 def plot_curves(

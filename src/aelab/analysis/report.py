@@ -20,11 +20,11 @@ import yaml
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from aelab.baselines import binary_entropy_floor, reconstruction_baselines, to_unit
+from aelab.analysis.baselines import binary_entropy_floor, reconstruction_baselines, to_unit
+from aelab.analysis.figures import plot_curves, plot_losses
+from aelab.analysis.runs import Run, describe_differences, find_runs, read_curves
 from aelab.data import ImageDataModule
 from aelab.errors import AelabError
-from aelab.figures import plot_curves, plot_losses
-from aelab.runs import Run, describe_differences, find_runs, read_curves
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""After training: reading runs, baselines, figures, the report, and prediction on images."""

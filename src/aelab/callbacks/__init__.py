@@ -1,0 +1,17 @@
+"""Lightning callbacks: what a run shows while it trains and what keeps it recoverable."""
+
+from aelab.callbacks.checkpoint_extras import FlushLogsWithCheckpoints, RandomStates
+from aelab.callbacks.divergence import StopOnDivergence, TrainingDiverged
+from aelab.callbacks.monitoring import EpochTimer, PreviewImages
+from aelab.callbacks.signals import SaveOnSignal, TrainingInterrupted
+
+__all__ = [
+    "EpochTimer",
+    "FlushLogsWithCheckpoints",
+    "PreviewImages",
+    "RandomStates",
+    "SaveOnSignal",
+    "StopOnDivergence",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+]

@@ -1,0 +1,210 @@
+"""One training run: seed → build → fit → test → write results.
+
+Everything is instantiated here and in evaluate; the other modules never read the config.
+aelab.runtime.cli imports this module only once the command line has been parsed, so
+`python train.py --help` does not wait for torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from aelab.callbacks import EpochTimer, FlushLogsWithCheckpoints, RandomStates
+from aelab.errors import AelabError
+from aelab.models.autoencoder import bottleneck
+from aelab.models.checkpoint import load_network
+from aelab.runtime.checkpoint_io import AtomicCheckpointIO
+from aelab.runtime.distributed import launch_rank
+from aelab.runtime.lifecycle import guarded, training_process, write_status
+from aelab.runtime.requeue import continues_requeued_run
+
+log = logging.getLogger("aelab")
+
+
+def run(cfg: DictConfig) -> float | None:
+    """What `python train.py` does with its config."""
+    return guarded(train, cfg)
+
+
+def train(cfg: DictConfig, output_dir: Path) -> float | None:
+    L.seed_everything(cfg.seed, workers=True)
+    task, datamodule = build(cfg)
+    owner = launch_rank() == 0  # rank zero writes the run's files; other ranks only train
+    if owner:  # data errors surface here, before a logger or checkpoint exists
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
+    resume_from = resume_checkpoint(cfg, output_dir)
+    if cfg.get("ckpt_path") and not resume_from:
+        start_from_weights(task, cfg.ckpt_path)
+
+    model_facts = bottleneck(task.model, datamodule.image_size)
+    log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
+    trainer, loggers = build_trainer(cfg)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger) and owner and not resume_from:
+            logger.experiment.add_text("model/bottleneck", model_facts["summary"])
+
+    with training_process(trainer, output_dir, bool(resume_from), cfg.get("threads")):
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
+        val_psnr = trainer.callback_metrics.get("val/psnr")
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        (test_metrics,) = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
+
+    if trainer.is_global_zero:  # rank zero writes the results
+        write_results(cfg, output_dir, trainer, task, datamodule, test_metrics, best, model_facts)
+    return float(val_psnr) if val_psnr is not None else None
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The task (with its network) and the data, from the config; no file is written."""
+    missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("paths."))
+    if missing:
+        raise AelabError(
+            f"These settings have no value: {', '.join(missing)}. Give them on the command line, "
+            f"e.g. python train.py {missing[0]}=VALUE (data=folder needs data.root=PATH)."
+        )
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not lr > 0:
+        raise AelabError(f"optimizer.lr must be positive, got {lr}; e.g. optimizer.lr=1e-3.")
+    check_optimizer_arguments(cfg.optimizer)
+    task_class = get_class(cfg.task._target_)
+    model = _instantiate(
+        cfg.model, in_channels=task_class.in_channels, out_channels=task_class.out_channels
+    )
+    datamodule = _instantiate(cfg.data, color_space=task_class.color_space)
+    size = datamodule.image_size
+    if size % 2**model.pooling_stages:
+        raise AelabError(
+            f"A {size}×{size} image cannot pass {model.pooling_stages} 2×2 poolings and come back "
+            f"at the same size: data.image_size must be a multiple of {2**model.pooling_stages}. "
+            "Change the image size, use fewer model.widths, or pooling=none."
+        )
+    scheduler = _instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None
+    task = _instantiate(
+        cfg.task, model=model, optimizer=_instantiate(cfg.optimizer), scheduler=scheduler
+    )
+    return task, datamodule
+
+
+def check_optimizer_arguments(node: DictConfig) -> None:
+    """The optimizer is built only when fit starts (a partial), so its arguments are checked here.
+    `foreach` (a speed setting of optimizer=adam) is dropped for an optimizer that lacks it."""
+    try:
+        optimizer_class = get_class(node._target_)
+    except Exception:  # an unknown class: _instantiate reports it with Hydra's own message
+        return
+    accepted = inspect.signature(optimizer_class).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return
+    if "foreach" in node and "foreach" not in accepted:
+        with open_dict(node):
+            del node["foreach"]
+    unknown = [key for key in node if not key.startswith("_") and key not in accepted]
+    if unknown:
+        raise AelabError(
+            f"{optimizer_class.__name__} takes no {', '.join(unknown)} argument, but the config "
+            f"gives optimizer.{unknown[0]}; drop it with ~optimizer.{unknown[0]} on the command "
+            f"line, or pick an optimizer preset (optimizer=adam, adamw, sgd, lbfgs)."
+        )
+    if node.get("fused") and node.get("foreach"):
+        raise AelabError(
+            "optimizer.fused=true and optimizer.foreach=true cannot both be set; add "
+            "~optimizer.foreach to use the fused kernel."
+        )
+
+
+def _instantiate(node: DictConfig, **kwargs):
+    """Hydra's instantiate, but a user error inside a constructor surfaces as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, AelabError):
+            raise error.__cause__ from None
+        raise
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """last.ckpt of this run dir when resuming (resume=, or a requeued SLURM job), else None."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume") or (continues_requeued_run(output_dir) and last.is_file()):
+        log.info("Resuming from %s", last)
+        return last
+    return None
+
+
+def start_from_weights(task: L.LightningModule, path: str) -> None:
+    """ckpt_path=PATH: a new run that starts from a checkpoint's network weights only (fresh
+    optimizer, scheduler and epoch count), for fine-tuning or training longer."""
+    network = load_network(path, task.name)
+    if network.config() != task.model.config():
+        differs = sorted(k for k, v in network.config().items() if task.model.config()[k] != v)
+        raise AelabError(
+            f"ckpt_path={path} holds a network with other settings than this run's ("
+            + ", ".join(f"{k}: {network.config()[k]} vs {task.model.config()[k]}" for k in differs)
+            + "). Use the overrides the checkpoint's run was trained with (its .hydra/overrides.yaml)."
+        )
+    task.model.load_state_dict(network.state_dict())
+    log.info("Starting from the weights of %s (a new run: fresh optimizer state, epoch 0)", path)
+
+
+def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list]:
+    """The Trainer with the configured loggers and callbacks, plus what every run needs."""
+    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else []
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks += [EpochTimer(), RandomStates(), FlushLogsWithCheckpoints()]
+    if cfg.get("scheduler") and loggers:
+        callbacks.append(LearningRateMonitor())
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
+    return trainer, loggers
+
+
+def write_results(cfg, output_dir, trainer, task, datamodule, test_metrics, best, model_facts):
+    """metrics.json and timing.json in the run dir; the test metrics to the loggers."""
+    timer = next(c for c in trainer.callbacks if isinstance(c, EpochTimer))
+    results = {
+        "status": "completed",
+        "task": task.name,
+        "loss": task.hparams.loss,
+        "test": {key.removeprefix("test/"): value for key, value in sorted(test_metrics.items())},
+        "model": {**task.model.config(), **model_facts},
+        "data": datamodule.split_sizes(),
+        "best_checkpoint": str(Path(best).relative_to(output_dir)) if best else None,
+        "init_checkpoint": cfg.get("ckpt_path"),
+    }
+    timing = {
+        "seconds_per_epoch": timer.epoch_seconds,
+        "images_per_second": timer.images_per_second,
+        "mean_seconds_per_epoch": sum(timer.epoch_seconds) / max(len(timer.epoch_seconds), 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    params = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:  # TensorBoard's hparams view shows each run's test metrics
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics=test_metrics)
+        else:
+            logger.log_hyperparams(params)
+        logger.finalize("success")
+    log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
+    log.info("Run dir: %s", output_dir)
