@@ -28,3 +28,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from aelab.runtime.train import run  # torch and Lightning load only when there is a run to do
 
     return run(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def eval_main(cfg: DictConfig) -> None:
+    """The entry point of eval.py: Hydra with configs/eval.yaml, then aelab.runtime.evaluate."""
+    from aelab.runtime.evaluate import run  # torch and Lightning load only once the line is parsed
+
+    run(cfg)

@@ -55,7 +55,10 @@ class AutoEncoderTask(L.LightningModule):
         self.save_hyperparameters(
             {"model": model.config(), "loss": loss, "channels_last": channels_last}, logger=False
         )
-        # channels_last: oneDNN's fast convolution layout on the CPU (docs/performance.md).
+        # channels_last: oneDNN's fast convolution layout on the CPU (docs/performance.md);
+        # LBFGS flattens gradients with view(), which needs them contiguous.
+        if isinstance(optimizer, partial) and issubclass(optimizer.func, torch.optim.LBFGS):
+            channels_last = False
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
         self.loss_fn = LOSSES[loss]

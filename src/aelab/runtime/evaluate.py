@@ -1,0 +1,135 @@
+"""`python eval.py ckpt_path=RUN/checkpoints/best.ckpt`: a run's checkpoint tested again with the
+run's own config (or on other data), its results in a new eval dir; RUN's files are only read.
+
+aelab.runtime.cli imports this module only once the command line has been parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from aelab.errors import AelabError
+from aelab.models.checkpoint import load_network, read_checkpoint
+from aelab.runtime.lifecycle import guarded
+from aelab.runtime.run_config import load_run_config
+from aelab.runtime.train import build
+
+log = logging.getLogger("aelab")
+
+TRAINER_METHODS = {"test": "test", "val": "validate"}  # split= → the Trainer method that scores it
+
+
+def run(cfg: DictConfig) -> None:
+    """What `python eval.py` does with its config."""
+    guarded(evaluate_in_new_dir, cfg)
+
+
+def evaluate_in_new_dir(cfg: DictConfig, output_dir: Path) -> None:
+    try:
+        evaluate(cfg, output_dir)
+    except AelabError:
+        discard_unused_eval_dir(output_dir)
+        raise
+
+
+def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
+    """Score the checkpoint on the split and write eval.json into output_dir; returns its contents."""
+    split = cfg.split
+    if split not in TRAINER_METHODS:
+        raise AelabError(
+            f"split={split} is not a split eval.py scores: give split=test (the default) or "
+            "split=val (the run's validation split)."
+        )
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise AelabError(
+            "eval.py needs the checkpoint to test: python eval.py "
+            "ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt"
+        )
+    checkpoint = Path(cfg.ckpt_path).expanduser().resolve()
+    read_checkpoint(checkpoint)  # a missing file or a non-checkpoint is explained before any build
+    run_dir = checkpoint_run_dir(checkpoint)
+    run_cfg = evaluation_config(cfg, run_dir, output_dir)
+
+    L.seed_everything(run_cfg.seed, workers=True)
+    task, datamodule = build(run_cfg)
+    network = load_network(checkpoint, task.name)
+    if network.config() != task.model.config():
+        raise AelabError(
+            f"{checkpoint} holds a network with other settings than its run's config builds "
+            f"({network.config()} vs {task.model.config()}); was it copied in from another run?"
+        )
+    task.model.load_state_dict(network.state_dict())
+
+    trainer = evaluation_trainer(run_cfg)
+    (scores,) = getattr(trainer, TRAINER_METHODS[split])(task, datamodule=datamodule)
+    results = {
+        "task": task.name,
+        "split": split,
+        "metrics": {key.removeprefix(f"{split}/"): value for key, value in sorted(scores.items())},
+        "images": datamodule.split_sizes()[split],
+        "checkpoint": str(checkpoint),
+        "run_dir": str(run_dir),
+        "data": OmegaConf.to_container(run_cfg.data, resolve=True),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    scored = ", ".join(f"{key} {value:.4f}" for key, value in results["metrics"].items())
+    log.info("%s: %s", split.capitalize(), scored)
+    log.info("Eval dir: %s", output_dir)
+    return results
+
+
+def checkpoint_run_dir(checkpoint: Path) -> Path:
+    """The run a checkpoint belongs to: RUN of RUN/checkpoints/NAME.ckpt."""
+    run_dir = checkpoint.parent.parent
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise AelabError(
+            f"{checkpoint} is not inside a run dir: eval.py rebuilds the model and data from the "
+            f"config of the checkpoint's run, and expected it at {run_dir}/.hydra/config.yaml "
+            "(checkpoints live in <run dir>/checkpoints/). Give a checkpoint where python train.py "
+            "left it, e.g. ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt."
+        )
+    return run_dir
+
+
+def evaluation_config(cfg: DictConfig, run_dir: Path, output_dir: Path) -> DictConfig:
+    """The run's config, with what eval.py's command line chose laid over it."""
+    run_cfg = load_run_config(run_dir, output_dir)
+    with open_dict(run_cfg):
+        for key in ("data_dir", "cache_dir"):
+            if cfg.paths.get(key) is not None:
+                run_cfg.paths[key] = cfg.paths[key]
+        if cfg.get("data") is not None:  # data=OPTION: its node replaces the run's
+            run_cfg.data = OmegaConf.to_container(cfg.data)
+        for key, value in OmegaConf.to_container(cfg.trainer).items():
+            if value is not None:
+                run_cfg.trainer[key] = value
+    return run_cfg
+
+
+def evaluation_trainer(run_cfg: DictConfig) -> L.Trainer:
+    """The run's Trainer settings on one device, writing nothing: no logger, no checkpoints."""
+    progress_bar = (run_cfg.get("callbacks") or {}).get("progress_bar")
+    show_progress = progress_bar is not None and run_cfg.trainer.get("enable_progress_bar", True)
+    return instantiate(
+        run_cfg.trainer,
+        devices=1,
+        num_nodes=1,
+        strategy="auto",
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[instantiate(progress_bar)] if show_progress else [],
+    )
+
+
+def discard_unused_eval_dir(output_dir: Path) -> None:
+    """Remove an eval dir that holds only what Hydra wrote before the evaluation was refused."""
+    if output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {".hydra", "eval.log"}:
+        shutil.rmtree(output_dir, ignore_errors=True)
