@@ -73,7 +73,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
         "task": task.name,
         "split": split,
         "metrics": {key.removeprefix(f"{split}/"): value for key, value in sorted(scores.items())},
-        "images": datamodule.split_sizes()[split],
+        "split_size": datamodule.split_sizes()[split],  # images in the split
         "checkpoint": str(checkpoint),
         "run_dir": str(run_dir),
         "data": OmegaConf.to_container(run_cfg.data, resolve=True),
