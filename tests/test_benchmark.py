@@ -3,7 +3,8 @@
 import re
 
 import pytest
-from aelab.benchmark import format_table, format_within_run, main, paired_ratios
+
+from scripts.benchmark import format_table, format_within_run, main, paired_ratios
 
 
 def test_benchmark_prints_a_row_per_task_and_path_with_ratios(image_folder, tmp_path, monkeypatch):

@@ -249,3 +249,23 @@ def test_default_optimizer_updates_exactly_like_plain_adam(image_folder, tmp_pat
     plain = trained(lambda model: torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr))
     assert not torch.equal(configured, torch.cat([p.flatten() for p in task.parameters()]))
     assert torch.equal(configured, plain)
+
+
+def test_resume_refuses_a_manual_optimization_checkpoint_before_hydra_starts(
+    image_folder, tmp_path
+):
+    from aelab.runtime.resume import resume_arguments
+
+    _, trainer, _ = fitted(image_folder, tmp_path, steps=1)
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    trainer.save_checkpoint(last)
+    assert resume_arguments([f"resume={run_dir}"])[0].startswith("--config-path")
+    old = torch.load(last, weights_only=True)
+    old["hyper_parameters"]["gradient_clip_val"] = 1.0
+    torch.save(old, last)
+    with pytest.raises(AelabError, match=r"manual optimization.*ckpt_path="):
+        resume_arguments([f"resume={run_dir}"])

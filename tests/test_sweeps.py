@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from aelab import CONFIG_DIR
 from aelab.analysis.runs import read_curves
 from aelab.errors import AelabError
-from aelab.runtime.train import available_cores, threads_per_job
+from aelab.runtime.lifecycle import available_cores, threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -28,15 +27,7 @@ TRAINER_METHODS = {"test": "test", "val": "validate"}  # split= → the Trainer 
 
 def run(cfg: DictConfig) -> None:
     """What `python eval.py` does with its config."""
-    guarded(evaluate_in_new_dir, cfg)
-
-
-def evaluate_in_new_dir(cfg: DictConfig, output_dir: Path) -> None:
-    try:
-        evaluate(cfg, output_dir)
-    except AelabError:
-        discard_unused_eval_dir(output_dir)
-        raise
+    guarded(evaluate, cfg)
 
 
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
@@ -127,9 +118,3 @@ def evaluation_trainer(run_cfg: DictConfig) -> L.Trainer:
         enable_checkpointing=False,
         callbacks=[instantiate(progress_bar)] if show_progress else [],
     )
-
-
-def discard_unused_eval_dir(output_dir: Path) -> None:
-    """Remove an eval dir that holds only what Hydra wrote before the evaluation was refused."""
-    if output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {".hydra", "eval.log"}:
-        shutil.rmtree(output_dir, ignore_errors=True)

@@ -1,10 +1,9 @@
 """Keep Python's full garbage-collection pass from stalling training.
 
-After importing torch, Lightning and Hydra, the collector tracks about half a million objects. Its
-oldest generation walks all of them, about 250 ms on a 2-core CPU, at moments set by allocation
-counts, so one such pass can land in the middle of an epoch. Those objects live for the whole
-run, so they are frozen out of the collector's reach while training; objects made after the
-freeze are collected as usual.
+After importing torch, Lightning and Hydra the collector tracks about half a million objects that
+live for the whole run; its oldest-generation pass walks all of them at moments set by allocation
+counts, so it can land mid-epoch (docs/performance.md). They are frozen out of its reach while
+training; objects made after the freeze are collected as usual.
 """
 
 from __future__ import annotations

@@ -107,7 +107,9 @@ def available_cores() -> int:
 
 def discard_unused_run_dir(output_dir: Path) -> None:
     """Remove a run dir that holds only what Hydra wrote before we refused the config."""
-    if output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {".hydra", "train.log"}:
+    if output_dir.is_dir() and all(
+        p.name == ".hydra" or p.suffix == ".log" for p in output_dir.iterdir()
+    ):
         shutil.rmtree(output_dir, ignore_errors=True)
 
 

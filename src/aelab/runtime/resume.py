@@ -56,4 +56,20 @@ def resumable_run_dir(path: str) -> Path:
     metrics = run_dir / "metrics.json"
     if metrics.is_file() and json.loads(metrics.read_text()).get("status") == "completed":
         raise AelabError(f"resume={path}: {run_dir} has completed; there is nothing to continue.")
+    refuse_manual_optimization_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     return run_dir
+
+
+def refuse_manual_optimization_checkpoint(last: Path) -> None:
+    """Checked before Hydra starts, so a refused resume leaves the run's status as it was."""
+    from aelab.models.checkpoint import read_checkpoint  # torch loads only for a resume
+
+    if "gradient_clip_val" in read_checkpoint(last).get("hyper_parameters", {}):
+        raise AelabError(
+            f"{last} was saved by an aelab version whose task stepped the optimizer itself "
+            "(manual optimization); Lightning keeps that run's step count where automatic "
+            "optimization does not read it, so a resume would restart its step count, step "
+            "checkpoints and schedulers at 0. Start a new run from its weights instead: python "
+            f"train.py ckpt_path={last} (with the run's model overrides), or evaluate it with "
+            f"python eval.py ckpt_path={last}."
+        )

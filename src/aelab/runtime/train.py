@@ -42,15 +42,15 @@ def run(cfg: DictConfig) -> float | None:
 def train(cfg: DictConfig, output_dir: Path) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     task, datamodule = build(cfg)
+    resume_from = resume_checkpoint(cfg, output_dir)
+    if cfg.get("ckpt_path") and not resume_from:
+        start_from_weights(task, cfg.ckpt_path)
     owner = launch_rank() == 0  # rank zero writes the run's files; other ranks only train
     if owner:  # data errors surface here, before a logger or checkpoint exists
         datamodule.prepare_data()
         datamodule.setup("fit")
         output_dir.mkdir(parents=True, exist_ok=True)
         write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
-    resume_from = resume_checkpoint(cfg, output_dir)
-    if cfg.get("ckpt_path") and not resume_from:
-        start_from_weights(task, cfg.ckpt_path)
 
     model_facts = bottleneck(task.model, datamodule.image_size)
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
