@@ -1,4 +1,4 @@
-"""Training throughput of aelab's own path against the compute floor and the usual recipe.
+"""Training throughput of aelab against a bare loop and the usual recipe: python scripts/benchmark.py --help.
 
 (a) aelab: Trainer + DataModule + task exactly as train.py builds them (logging, checkpointing and
     the progress bar as configured by default): training images/s per epoch from timing.json;
@@ -422,3 +422,7 @@ def main(argv: list[str] | None = None) -> str:
     table = first + "\n\n" + format_within_run(within)
     print(table)
     return table
+
+
+if __name__ == "__main__":
+    main()
