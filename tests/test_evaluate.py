@@ -183,3 +183,14 @@ def test_eval_help_says_what_it_does_without_loading_torch():
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO
     )
     assert loaded.stderr.strip().endswith("False")
+
+
+def test_load_run_config_drops_the_retired_no_op_profiler(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(
+        "paths: {output_dir: '${hydra:runtime.output_dir}'}\n"
+        "trainer: {max_epochs: 1, profiler: {_target_: aelab.profiler.NoProfiler}}\n"
+    )
+    cfg = load_run_config(tmp_path)
+    assert "profiler" not in cfg.trainer and cfg.trainer.max_epochs == 1
+    assert cfg.paths.output_dir == str(tmp_path)

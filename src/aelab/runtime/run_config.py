@@ -8,6 +8,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aelab.errors import AelabError
 
+RETIRED_PROFILER = "aelab.profiler.NoProfiler"
+
 
 def load_run_config(run_dir: str | Path, output_dir: str | Path | None = None) -> DictConfig:
     """RUN_DIR/.hydra/config.yaml with paths.output_dir set to output_dir (default: run_dir).
@@ -29,4 +31,7 @@ def load_run_config(run_dir: str | Path, output_dir: str | Path | None = None) -
     cfg = OmegaConf.load(path)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir if output_dir is not None else run_dir)
+        # Older runs named a no-op profiler that aelab no longer ships; it recorded nothing.
+        if OmegaConf.select(cfg, "trainer.profiler._target_") == RETIRED_PROFILER:
+            del cfg.trainer["profiler"]
     return cfg
