@@ -2,14 +2,24 @@ import hashlib
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch, sized_len
 from lightning.pytorch.utilities.data import _is_dataloader_shuffled
+from PIL import Image
+from torchvision.datasets import ImageFolder
 
 from aelab.data import ImageDataModule
 from aelab.data.batches import batch_loader
-from aelab.data.sources import CACHE_FORMAT, load_cifar10, load_image_folder
+from aelab.data.image_io import read_rgb_float, read_rgb_uint8
+from aelab.data.sources import (
+    CACHE_FORMAT,
+    IMAGE_EXTENSIONS,
+    list_folder_images,
+    load_cifar10,
+    load_image_folder,
+)
 from aelab.data.splits import split_parts
 from aelab.errors import AelabError
 from tests.conftest import make_image_folder, write_images
@@ -212,3 +222,122 @@ def test_shared_cifar10_copy_has_all_60000_images():
     dm = ImageDataModule(source="folder", root=root, cache_dir=os.environ.get("AELAB_CACHE_DIR"))
     dm.setup()
     assert dm.split_sizes() == {"val": 6000, "test": 6000, "train": 48000}
+
+
+def test_the_listing_is_imagefolders_so_caches_of_ordinary_folders_stay_valid(tmp_path):
+    root = make_image_folder(tmp_path / "images", 3, 1)
+    write_images(root / "train" / "cats" / "nested" / ".hidden-dir", 2, seed=3)
+    write_images(root / "train" / "cats" / "nested-b", 2, seed=4)
+    (root / "train" / "cats" / ".0000.png").write_bytes(b"hidden file")
+    (root / "train" / "ships" / "0002.JPG").write_bytes(
+        (root / "train" / "ships" / "0000.png").read_bytes()
+    )
+
+    def valid(path: str) -> bool:  # the filter the folder source gave ImageFolder
+        return path.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(path).startswith(
+            "."
+        )
+
+    for part in ("train", "test"):
+        expected = [p for p, _ in ImageFolder(str(root / part), is_valid_file=valid).samples]
+        assert list_folder_images(root / part) == expected
+    assert len(list_folder_images(root / "train")) == 11
+
+
+def test_a_symlink_loop_neither_hangs_nor_multiplies(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "images", 20, 5)
+    (root / "train" / "cats" / "sub").symlink_to("..")  # train/cats/sub/cats/sub/... forever
+    (root / "train" / "ships" / "up").symlink_to("../..")  # reaches test/ from train/
+    loaded = load_image_folder(root, 32)
+    plain = load_image_folder(make_image_folder(tmp_path / "plain", 20, 5), 32)
+    assert {k: len(v) for k, v in loaded.items()} == {"train": 40, "test": 10}
+    assert all(torch.equal(loaded[k], plain[k]) for k in plain)  # the same images, in order
+    # listed again: ships and test via cats/sub/ships/up, cats and test via ships/up
+    assert "Dropped: 60 from train" in caplog.text
+
+
+def test_a_test_link_to_a_train_image_stays_in_train_only(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "images", 4, 3)
+    (root / "test" / "cats" / "9999.png").symlink_to(root / "train" / "ships" / "0001.png")
+    (root / "test" / "ships" / "twice.png").symlink_to("0000.png")  # the same test file twice
+    loaded = load_image_folder(root, 32)
+    assert {k: len(v) for k, v in loaded.items()} == {"train": 8, "test": 6}
+    train = {bytes(image.numpy()) for image in loaded["train"]}
+    assert not any(bytes(image.numpy()) in train for image in loaded["test"])
+    assert "Dropped: 2 from test" in caplog.text
+    (root / "outside").mkdir()
+    (root / "outside" / "x.png").write_bytes((root / "train" / "cats" / "0000.png").read_bytes())
+    for part in ("train", "test"):  # held by neither split's directory: train wins
+        (root / part / "cats" / "linked.png").symlink_to(root / "outside" / "x.png")
+    loaded = load_image_folder(root, 32)
+    assert {k: len(v) for k, v in loaded.items()} == {"train": 9, "test": 6}
+
+
+def test_a_split_made_only_of_the_other_splits_files_is_refused(tmp_path):
+    write_images(tmp_path / "train" / "a", 3)
+    (tmp_path / "test").symlink_to("train")
+    with pytest.raises(AelabError, match="also under another split"):
+        load_image_folder(tmp_path, 32)
+
+
+def test_16_bit_and_float_images_decode_to_uint8_by_scaling(tmp_path):
+    ramp = np.linspace(0, 1, 6 * 6).reshape(6, 6)
+    sixteen = np.rint(ramp * 65535).astype(np.uint16)
+    folder = tmp_path / "a"
+    folder.mkdir()
+    Image.fromarray(sixteen).save(folder / "0.png")
+    Image.fromarray(sixteen.astype(">u2")).save(folder / "1.tif")
+    Image.fromarray(sixteen.astype(np.int32)).save(folder / "2.tif")
+    Image.fromarray(ramp.astype(np.float32)).save(folder / "3.tif")
+    modes = [Image.open(folder / name).mode for name in ("0.png", "1.tif", "2.tif", "3.tif")]
+    assert modes == ["I;16", "I;16B", "I", "F"]
+    loaded = load_image_folder(tmp_path, 6)["all"]
+    expected = torch.from_numpy(np.rint(ramp * 255).astype(np.uint8)).expand(4, 3, 6, 6)
+    assert torch.equal(loaded, expected)  # clipped at 255, all but the first pixel were white
+
+
+@pytest.mark.parametrize(
+    ("mode", "pixel", "rgb"),
+    [
+        ("RGB", (10, 20, 30), (10, 20, 30)),
+        ("RGBA", (10, 20, 30, 0), (10, 20, 30)),
+        ("L", 51, (51, 51, 51)),
+        ("LA", (51, 7), (51, 51, 51)),
+        ("P", 2, (0, 0, 255)),  # palette index 2 below
+        ("I;16", 65535, (255, 255, 255)),
+        ("I;16", 257 * 51, (51, 51, 51)),
+        ("I;16B", 257 * 51, (51, 51, 51)),
+        ("I", 257 * 51, (51, 51, 51)),
+        ("I", 70000, (255, 255, 255)),
+        ("F", 0.2, (51, 51, 51)),
+        ("F", -3.0, (0, 0, 0)),
+    ],
+)
+def test_the_shared_reader_scales_every_mode(tmp_path, mode, pixel, rgb):
+    image = Image.new(mode, (3, 2), pixel)
+    if mode == "P":
+        image.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255])
+    path = tmp_path / ("x.tif" if mode in ("I;16B", "I", "F") else "x.png")
+    image.save(path)
+    assert (read_rgb_uint8(path) == np.array(rgb, dtype=np.uint8)).all()
+    assert np.allclose(
+        read_rgb_float(path), np.array(rgb) / 255, atol=1e-6 if mode != "F" else 2e-3
+    )
+    assert read_rgb_uint8(path, size=4).shape == (4, 4, 3)
+
+
+def test_an_image_over_the_pixel_limit_is_one_line_naming_it(tmp_path, monkeypatch):
+    write_images(tmp_path / "a", 2)
+    write_images(tmp_path / "b", 1, size=(8, 8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 × 32 is over twice that, 8 × 8 not
+    with pytest.raises(AelabError) as caught:
+        load_image_folder(tmp_path, 8)
+    message = str(caught.value)
+    assert message.startswith("2 image file(s) could not be decoded:") and "\n" not in message
+    assert f"{tmp_path / 'a' / '0000.png'} (Image size (1024 pixels) exceeds limit" in message
+    assert "decompression-bomb" in message and "0000.png (" in message
+    (tmp_path / "a" / "0001.png").unlink()
+    with pytest.raises(AelabError, match=r"a/0000\.png could not be read as an image \(Image size"):
+        load_image_folder(tmp_path, 8)
+    with pytest.raises(AelabError, match=r"0000\.png could not be read as an image \(Image size"):
+        read_rgb_float(tmp_path / "a" / "0000.png")
