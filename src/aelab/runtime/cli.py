@@ -1,17 +1,25 @@
-"""The entry point of train.py: the command line of a resume or of a DDP rank rewritten, then
-Hydra, then aelab.runtime.train."""
+"""The entry points of train.py and eval.py: the command line of a resume or of a DDP rank
+rewritten, then Hydra, the settings checked, then aelab.runtime.train (or evaluate)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import hydra
+from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
 from omegaconf import DictConfig
 
 from aelab import CONFIG_DIR
+from aelab.config import refuse_invalid
 from aelab.errors import AelabError
-from aelab.runtime.distributed import child_arguments
+from aelab.runtime.distributed import child_arguments, launch_rank
 from aelab.runtime.resume import resume_arguments
+
+# Hydra's errors in the command line or the config files (an unknown group option, a key typo):
+# Hydra prints them, with the choices, and exits 1; they are the user's, so aelab exits 2.
+COMMAND_LINE_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
 
 
 def main() -> float | None:
@@ -20,19 +28,42 @@ def main() -> float | None:
     except AelabError as error:
         print(f"\naelab: {error}\n", file=sys.stderr)
         sys.exit(2)
-    return hydra_main()
+    return exit_2_for_command_line_errors(hydra_main)
+
+
+def eval_main() -> None:
+    """The entry point of eval.py: Hydra with configs/eval.yaml, then aelab.runtime.evaluate."""
+    exit_2_for_command_line_errors(hydra_eval_main)
+
+
+def exit_2_for_command_line_errors(entry: Callable[[], float | None]) -> float | None:
+    try:
+        return entry()
+    except SystemExit as stop:
+        # Hydra exits from inside its `except`, so the error it printed is the exit's context.
+        if stop.code == 1 and isinstance(stop.__context__, COMMAND_LINE_ERRORS):
+            sys.exit(2)
+        raise
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
+    refuse_invalid_settings(cfg, "train")
     from aelab.runtime.train import run  # torch and Lightning load only when there is a run to do
 
     return run(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def eval_main(cfg: DictConfig) -> None:
-    """The entry point of eval.py: Hydra with configs/eval.yaml, then aelab.runtime.evaluate."""
+def hydra_eval_main(cfg: DictConfig) -> None:
+    refuse_invalid_settings(cfg, "eval")
     from aelab.runtime.evaluate import run  # torch and Lightning load only once the line is parsed
 
     run(cfg)
+
+
+def refuse_invalid_settings(cfg: DictConfig, kind: str) -> None:
+    """The settings checked again in the run, before torch loads: a resumed run and a DDP rank
+    load a saved config, which brings no aelab.config.ValidateConfig callback."""
+    own_dir = Path(cfg.paths.output_dir) if launch_rank() == 0 else None  # ranks share rank 0's
+    refuse_invalid(cfg, kind, own_dir)

@@ -1,0 +1,70 @@
+"""The settings aelab accepts (schema.py), checked before a run starts: by a Hydra callback before
+the run dir exists, and by the entry points for the runs that reach them without it."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from aelab.config.schema import SCHEMAS, check_config, config_problems
+from aelab.errors import AelabError
+
+__all__ = ["SCHEMAS", "ValidateConfig", "check_config", "config_problems", "refuse_invalid"]
+
+
+class ValidateConfig(Callback):
+    """Hydra callback (configs/checks.yaml): a run with an invalid setting exits 2 before Hydra
+    makes its dir; a sweep's job, whose final config only its job sees, before it claims its dir.
+
+    Listed before `hydra: default`, it runs before the callback that claims the run dir.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse_invalid(config, config_kind(config))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse_invalid(config, config_kind(config))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:  # a single run was checked in on_run_start
+            job_dir, sweep_dir = config.hydra.runtime.output_dir, config.hydra.sweep.dir
+            refuse_invalid(config, config_kind(config), Path(job_dir), Path(sweep_dir))
+
+
+def config_kind(config: DictConfig) -> str:
+    """Which schemas apply: eval.py's config or train.py's."""
+    return "eval" if config.hydra.job.config_name == "eval" else "train"
+
+
+def refuse_invalid(
+    cfg: DictConfig, kind: str, run_dir: Path | None = None, sweep_dir: Path | None = None
+) -> None:
+    """Exit 2 with one paragraph if a setting is invalid, first removing the run dir (and a sweep
+    dir left without jobs) where Hydra has written only its own files."""
+    try:
+        check_config(cfg, kind)
+    except AelabError as error:
+        if run_dir is not None:
+            discard_unused_run_dir(run_dir)
+        if sweep_dir is not None and sweep_dir.is_dir() and not any_job_in(sweep_dir):
+            shutil.rmtree(sweep_dir, ignore_errors=True)  # its multirun.yaml, no job
+        print(f"\naelab: {error}\n", file=sys.stderr)
+        sys.exit(2)
+
+
+def any_job_in(sweep_dir: Path) -> bool:
+    return any(p.is_dir() for p in sweep_dir.iterdir())
+
+
+def discard_unused_run_dir(output_dir: Path) -> None:
+    """aelab.runtime.lifecycle's rule (a dir with only .hydra/ and logs goes), without its torch."""
+    if output_dir.is_dir() and all(
+        p.name == ".hydra" or p.suffix == ".log" for p in output_dir.iterdir()
+    ):
+        shutil.rmtree(output_dir, ignore_errors=True)

@@ -1,0 +1,324 @@
+"""What each aelab setting may hold: dataclass schemas per config node, checked before a run.
+
+OmegaConf checks the types (a value is assigned to OmegaConf.structured(schema)); each field's
+metadata adds the range and the words for the message. Only the keys a schema names are checked,
+so open nodes (the Trainer's and optimizer's other arguments, +KEY=VALUE additions) and saved
+configs of resumed runs and DDP ranks pass as long as the named keys hold valid values. Nothing
+here imports torch: a bad value is refused before the run loads it.
+"""
+
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, ValidationError
+from omegaconf.errors import InterpolationResolutionError
+
+from aelab.errors import AelabError
+
+SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything hands the seed to
+
+
+class Source(Enum):
+    cifar10 = "cifar10"
+    folder = "folder"
+
+
+class Split(Enum):
+    pooled = "pooled"
+    official = "official"
+
+
+class Pooling(Enum):  # aelab.models.autoencoder.POOLINGS
+    max = "max"
+    avg = "avg"
+    none = "none"
+
+
+class UpsampleMode(Enum):  # aelab.models.autoencoder.UPSAMPLE_MODES
+    nearest = "nearest"
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+
+
+class Activation(Enum):  # aelab.models.autoencoder.ACTIVATIONS
+    relu = "relu"
+    gelu = "gelu"
+    silu = "silu"
+    leaky_relu = "leaky_relu"
+
+
+class Loss(Enum):  # aelab.tasks.losses.LOSSES
+    bce = "bce"
+    mse = "mse"
+
+
+class EvalSplit(Enum):  # aelab.runtime.evaluate.TRAINER_METHODS
+    test = "test"
+    val = "val"
+
+
+def rule(allowed: str, ok: Callable[[Any], bool], note: str = "") -> dict[str, Any]:
+    """A field's metadata: what is allowed in words, the range check on the converted value, and
+    a note for the message when the value is refused. A field without one: its type only."""
+    return {"allowed": allowed, "ok": ok, "note": note}
+
+
+SEED = rule(f"an integer from 0 to {SEED_MAX}", lambda v: 0 <= v <= SEED_MAX)
+POSITIVE = rule("an integer ≥ 1", lambda v: v is None or v >= 1)
+FRACTION = rule("a number between 0 and 1 (both excluded)", lambda v: 0 < v < 1)
+THREADS = rule("an integer ≥ 1 (torch threads) or null (all cores)", lambda v: v is None or v >= 1)
+
+
+@dataclass
+class DataSchema:
+    source: Source = Source.cifar10
+    download: bool = True
+    image_size: int = field(default=32, metadata=POSITIVE)
+    split: Split = Split.pooled
+    val_fraction: float = field(default=0.1, metadata=FRACTION)
+    test_fraction: float = field(default=0.1, metadata=FRACTION)
+    split_seed: int = field(default=0, metadata=SEED)
+    subset: int | None = field(
+        default=None,
+        metadata=rule("an integer ≥ 3 (images kept) or null (all)", lambda v: v is None or v >= 3),
+    )
+    batch_size: int = field(default=128, metadata=POSITIVE)
+    eval_batch_size: int = field(default=250, metadata=POSITIVE)
+    shuffle_seed: int = field(default=42, metadata=SEED)
+    on_device: bool = True
+
+
+@dataclass
+class ModelSchema:
+    widths: list[int] = field(
+        default_factory=lambda: [8, 12, 16],
+        metadata=rule(
+            "a non-empty list of positive integers (the channels of each encoder conv)",
+            lambda v: len(v) > 0 and all(w > 0 for w in v),
+        ),
+    )
+    kernel_size: int = field(
+        default=3,
+        metadata=rule(
+            "a positive odd integer ('same' padding keeps the size only for odd kernels)",
+            lambda v: v > 0 and v % 2 == 1,
+        ),
+    )
+    pooling: Pooling = Pooling.max
+    upsample_mode: UpsampleMode = UpsampleMode.nearest
+    activation: Activation = Activation.relu
+
+
+@dataclass
+class TaskSchema:
+    loss: Loss = Loss.bce
+
+
+@dataclass
+class OptimizerSchema:
+    lr: float = field(default=1e-3, metadata=rule("a positive number", lambda v: v > 0))
+
+
+@dataclass
+class TrainerSchema:
+    max_epochs: int = field(
+        default=15,
+        metadata=rule(
+            "a positive integer (the epochs to train)",
+            lambda v: v >= 1,
+            "Lightning's -1 (no limit) would train until the process is killed, and 0 would "
+            "report a completed run with untrained weights. To stop after a number of steps "
+            "instead, set trainer.max_steps=N as well, with max_epochs at least the epochs those "
+            "steps take",
+        ),
+    )
+    max_steps: int = field(
+        default=-1,
+        metadata=rule("-1 (no step limit) or a positive integer", lambda v: v == -1 or v >= 1),
+    )
+    log_every_n_steps: int = field(default=50, metadata=POSITIVE)
+    check_val_every_n_epoch: int | None = field(default=1, metadata=POSITIVE)
+    accumulate_grad_batches: int = field(default=1, metadata=POSITIVE)
+    gradient_clip_val: float | None = field(
+        default=None,
+        metadata=rule("a number ≥ 0 or null (no clipping)", lambda v: v is None or v >= 0),
+    )
+
+
+@dataclass
+class TrainSchema:
+    """configs/train.yaml's own keys; the nodes below have schemas of their own."""
+
+    seed: int = field(default=42, metadata=SEED)
+    threads: int | None = field(default=None, metadata=THREADS)
+    resume: str | None = None
+    ckpt_path: str | None = None
+
+
+@dataclass
+class EvalSchema:
+    """configs/eval.yaml's own keys."""
+
+    ckpt_path: str | None = None
+    split: EvalSplit = EvalSplit.test
+    threads: int | None = field(default=None, metadata=THREADS)
+
+
+TRAIN_NODES: dict[str, type] = {
+    "": TrainSchema,
+    "data": DataSchema,
+    "model": ModelSchema,
+    "task": TaskSchema,
+    "optimizer": OptimizerSchema,
+    "trainer": TrainerSchema,
+}
+EVAL_NODES: dict[str, type] = {"": EvalSchema, "data": DataSchema}
+SCHEMAS = {"train": TRAIN_NODES, "eval": EVAL_NODES}
+
+
+def config_problems(cfg: DictConfig, nodes: dict[str, type]) -> list[str]:
+    """One sentence per invalid value of the keys the schemas name; [] when all are valid."""
+    problems = []
+    for path, schema in nodes.items():
+        node = OmegaConf.select(cfg, path, throw_on_resolution_failure=False) if path else cfg
+        if not isinstance(node, DictConfig):
+            continue  # an absent node (data=null in eval.py): nothing of it to check
+        checked = OmegaConf.structured(schema)
+        for spec in fields(schema):
+            key = f"{path}.{spec.name}" if path else spec.name
+            problem = _value_problem(node, checked, spec, key)
+            if problem:
+                problems.append(problem)
+    problems += _cross_problems(cfg, nodes)
+    return problems
+
+
+def _value_problem(node: DictConfig, checked: DictConfig, spec, key: str) -> str | None:
+    """Why node's value of spec.name is not allowed, or None (also when absent or unresolved)."""
+    name = spec.name
+    if (
+        name not in node
+        or OmegaConf.is_missing(node, name)
+        or OmegaConf.is_interpolation(node, name)
+    ):
+        return None  # ???: the run says which keys lack values; ${...}: its target is checked
+    try:
+        value = node[name]
+    except InterpolationResolutionError:
+        return None
+    plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    if _holds_text(plain) and not _takes_text(spec.type):
+        return _sentence(key, plain, spec)  # '5' quoted: OmegaConf would convert, the run would not
+    try:
+        checked[name] = plain  # OmegaConf's type check (and conversion: 1 → 1.0)
+    except ValidationError:
+        return _sentence(key, plain, spec)
+    ok = spec.metadata.get("ok")
+    return None if ok is None or ok(checked[name]) else _sentence(key, plain, spec)
+
+
+def _cross_problems(cfg: DictConfig, nodes: dict[str, type]) -> list[str]:
+    """Rules between two keys: the pooled split's fractions leave images to train on."""
+    if "data" not in nodes:
+        return []
+    data = OmegaConf.select(cfg, "data", throw_on_resolution_failure=False)
+    if not isinstance(data, DictConfig) or data.get("split", "pooled") != "pooled":
+        return []
+    try:
+        val, test = data.get("val_fraction"), data.get("test_fraction")
+    except InterpolationResolutionError:
+        return []
+    numbers = all(isinstance(f, int | float) and not isinstance(f, bool) for f in (val, test))
+    if numbers and 0 < val < 1 and 0 < test < 1 and val + test >= 1:
+        return [
+            f"data.val_fraction={val} and data.test_fraction={test} leave no images to train "
+            "on: with data.split=pooled the train split is 1 − val − test, so their sum must "
+            "be below 1 (the defaults are 0.1 and 0.1)"
+        ]
+    return []
+
+
+def _holds_text(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return any(_holds_text(item) for item in value)
+    return isinstance(value, str)
+
+
+def _takes_text(hint: Any) -> bool:
+    return any(t is str or (isinstance(t, type) and issubclass(t, Enum)) for t in _members(hint))
+
+
+def _members(hint: Any) -> tuple:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _allowed(spec) -> str:
+    """The field's allowed values in words."""
+    kinds = [t for t in _members(spec.type) if t is not type(None)]
+    optional = len(kinds) < len(_members(spec.type))
+    kind = kinds[0]
+    if spec.metadata.get("allowed"):
+        words = spec.metadata["allowed"]
+        optional = optional and "null" not in words
+    elif isinstance(kind, type) and issubclass(kind, Enum):
+        words = "one of " + ", ".join(member.name for member in kind)
+    elif kind is bool:
+        words = "true or false"
+    else:
+        words = "text"
+    return words + (" or null" if optional else "")
+
+
+def _sentence(key: str, value: Any, spec) -> str:
+    default = spec.default if spec.default is not MISSING else spec.default_factory()
+    example = f"{key}={_shown(default.name if isinstance(default, Enum) else default)}"
+    sentence = f"{key}={_shown(value)}: {key} must be {_allowed(spec)}, e.g. {example}"
+    note = spec.metadata.get("note", "")
+    return sentence + (f". {note}" if note else "")
+
+
+def _shown(value: Any) -> str:
+    """A value as it would be typed on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_shown(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_shown(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str) and (_reads_as_non_text(value) or any(c in value for c in " ,[]{}=")):
+        return repr(value)  # quoted, as it must be typed to stay text
+    return str(value)
+
+
+def _reads_as_non_text(text: str) -> bool:
+    """Whether the command line would read `text` unquoted as a number, boolean or null."""
+    if text.lower() in ("", "true", "false", "null"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_config(cfg: DictConfig, kind: str = "train") -> None:
+    """Raise AelabError naming every invalid aelab setting of a train.py or eval.py config."""
+    problems = config_problems(cfg, SCHEMAS[kind])
+    if not problems:
+        return
+    fix = (
+        "Fix it on the command line (or in the config file that sets it) and run again."
+        if len(problems) == 1
+        else "Fix them on the command line (or in the config files that set them) and run again."
+    )
+    if len(problems) == 1:
+        raise AelabError(f"Invalid setting {problems[0]}. {fix}")
+    raise AelabError(f"Invalid settings: {'; '.join(problems)}. {fix}")
