@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from aelab.analysis.baselines import binary_entropy_floor, to_unit
+from aelab.analysis.report import main as report_main
 from aelab.analysis.report import write_report
 from aelab.analysis.runs import Run, describe_differences, find_runs, run_status
 from aelab.data import ImageDataModule
@@ -205,3 +206,108 @@ def test_a_colorization_run_is_tabled_against_the_grayscale_prediction(smoke_ove
     assert rows["baseline"]["overrides"] == "grayscale (a = b = 0)"
     assert f"the true colours have {test['chroma_true']:.2f}" in report
     assert "rows: the gray input, the predicted colours, the true colours" in report
+
+
+def fake_run(run_dir: Path, metrics: str | None, config_text: str | None = None) -> Path:
+    """A run dir holding a real composed config and the given metrics.json text (None: none)."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    config = run_dir / ".hydra" / "config.yaml"
+    if config_text is None:
+        OmegaConf.save(compose_config(["debug=smoke"], run_dir), config)
+    else:
+        config.write_text(config_text)
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(metrics)
+    return run_dir
+
+
+COMPLETED = {
+    "status": "completed",
+    "task": "reconstruction",
+    "loss": "bce",
+    "test": {"psnr": 20.5, "ssim": 0.7, "bce": 0.56, "mse": 0.009},
+    "model": {"latent_size": 1024, "compression": 3.0, "parameters": 1000},
+    "data": {"train": 80, "val": 10, "test": 10},
+}
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ("[1, 2]", "metrics.json holds a list, not the object aelab writes"),
+        (
+            json.dumps({k: v for k, v in COMPLETED.items() if k != "test"}),
+            'says completed but has no "test"',
+        ),
+        (json.dumps({"pid": 3}), 'metrics.json has no "status"'),
+        (json.dumps(COMPLETED)[:60], "metrics.json cannot be read: Unterminated string"),
+        (json.dumps({**COMPLETED, "test": {"psnr": "high"}}), "test score psnr is 'high'"),
+        (json.dumps({**COMPLETED, "model": {}}), '"model" has no latent_size'),
+        ("\udcff", "metrics.json cannot be read"),  # not UTF-8
+    ],
+)
+def test_a_bad_metrics_json_makes_its_run_unreadable_with_the_reason(metrics, reason, tmp_path):
+    (run,) = find_runs(fake_run(tmp_path / "run", None))
+    assert run.status == "crashed" and "no metrics.json" in run.detail
+    path = tmp_path / "run" / "metrics.json"
+    if metrics == "\udcff":
+        path.write_bytes(b'{"status": "\xff"}')
+    else:
+        path.write_text(metrics)
+    (run,) = find_runs(tmp_path / "run")
+    assert (run.status, run.metrics) == ("unreadable", {})
+    assert reason in run.detail and "no metrics.json" not in run.detail
+    assert run.config is not None  # its config still groups it with the other runs
+
+
+def test_a_good_metrics_json_still_reads_as_completed(tmp_path):
+    (run,) = find_runs(fake_run(tmp_path / "run", json.dumps(COMPLETED)))
+    assert (run.status, run.detail, run.metrics) == ("completed", "", COMPLETED)
+    (run.path / "timing.json").write_text("[]")
+    (run,) = find_runs(run.path)
+    assert run.status == "completed" and run.timing == {}
+    assert run.detail == "timing.json holds a list, not the object aelab writes"
+
+
+@pytest.mark.parametrize(
+    ("config_text", "reason"),
+    [
+        ("seed: [1, 2\n", ".hydra/config.yaml cannot be read: while parsing"),
+        ("- 1\n- 2\n", ".hydra/config.yaml holds a list, not a run's config"),
+        ("seed: 1\n", ".hydra/config.yaml has no task._target_"),
+    ],
+)
+def test_a_bad_config_makes_its_run_unreadable_with_the_reason(config_text, reason, tmp_path):
+    (run,) = find_runs(fake_run(tmp_path / "run", json.dumps(COMPLETED), config_text))
+    assert (run.status, run.config) == ("unreadable", None)
+    assert run.detail.startswith(reason)
+
+
+def test_bad_runs_beside_good_ones_are_listed_as_unreadable_and_the_rest_reported(sweep, tmp_path):
+    copy = shutil.copytree(sweep, tmp_path / "sweep", ignore=shutil.ignore_patterns("report.md"))
+    good = (copy / "0" / "metrics.json").read_text()
+    bad = {
+        "7": "[1, 2]",
+        "8": json.dumps({k: v for k, v in json.loads(good).items() if k != "model"}),
+        "9": good[: len(good) // 2],  # a truncated file
+    }
+    for job, text in bad.items():
+        shutil.copytree(copy / "0" / ".hydra", copy / job / ".hydra")
+        (copy / job / "metrics.json").write_text(text)
+    shutil.copytree(copy / "0" / ".hydra", copy / "10" / ".hydra")
+    (copy / "10" / ".hydra" / "config.yaml").write_text("task: {_target_: [")
+    assert report_main([str(copy)]) == 0
+    report = (copy / "report.md").read_text()
+    rows = {row["run"].strip("`"): row for row in table_rows(report)}
+    before = {row["run"]: row for row in table_rows((sweep / "report.md").read_text())}
+    for job in LABELS:  # the good runs are reported exactly as without the bad ones
+        assert rows[job]["status"] == "completed"
+        assert rows[job]["psnr (dB)"] == before[f"`{job}`"]["psnr (dB)"]
+    assert {rows[job]["status"] for job in bad} == {"unreadable"}
+    assert "metrics.json holds a list" in rows["7"]["note"]
+    assert 'metrics.json says completed but has no "model"' in rows["8"]["note"]
+    assert "metrics.json cannot be read: " in rows["9"]["note"]
+    assert "no metrics.json" not in rows["9"]["note"]
+    assert "## Unreadable runs" in report
+    assert ".hydra/config.yaml cannot be read" in rows["10"]["why"]
+    assert "11 run(s): 4 completed, 1 running, 2 crashed, 4 unreadable." in report

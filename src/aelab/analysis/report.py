@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -110,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(directory: Path) -> Path:
     """Write directory/report.md and directory/figures/*.png; return the report's path."""
     directory = Path(directory)
-    runs = find_runs(directory)
+    runs = [tableable(run) for run in find_runs(directory)]
     figures = directory / "figures"
     figures.mkdir(exist_ok=True)
     common, labels = describe_differences(runs)
-    counts = {s: sum(run.status == s for run in runs) for s in ("completed", "running", "crashed")}
+    statuses = ("completed", "running", "crashed", "unreadable")
+    counts = {s: sum(run.status == s for run in runs) for s in statuses}
     lines = [
         f"# Report: {directory.resolve().name}",
         "",
@@ -127,10 +128,12 @@ def write_report(directory: Path) -> Path:
         f"Every run: `{' '.join(common) or '(defaults)'}`",
         "",
     ]
-    for index, group in enumerate(group_runs(runs), start=1):
+    grouped = [run for run in runs if run.config is not None]
+    for index, group in enumerate(group_runs(grouped), start=1):
         lines += group_section(
             group, labels, directory, figures / f"val_psnr_{index}_{group.task}.png"
         )
+    lines += unreadable_section([run for run in runs if run.config is None], labels)
     lines += ["## Runs", ""]
     for run in runs:
         lines += run_section(run, labels[run.name], directory, figures)
@@ -148,8 +151,26 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return list(groups.values())
 
 
-def task_name(run: Run) -> str:
-    return run.metrics.get("task") or get_class(run.config.task._target_).name
+def tableable(run: Run) -> Run:
+    """The run, or, if its config names no task this report has a table for, the run marked
+    unreadable (without its config) with the reason."""
+    if run.config is None or task_name(run) in SCORE_COLUMNS:
+        return run
+    known = ", ".join(SCORE_COLUMNS)
+    reason = f"its task {run.config.task._target_} is not one this report knows ({known})"
+    return replace(run, status="unreadable", detail=reason, config=None, metrics={})
+
+
+def task_name(run: Run) -> str | None:
+    """The run's task (reconstruction, colorization); None if its config names no task class."""
+    if run.metrics.get("task") in SCORE_COLUMNS:
+        return run.metrics["task"]
+    if run.config is None:
+        return None
+    try:
+        return getattr(get_class(run.config.task._target_), "name", None)
+    except (ImportError, ValueError):  # hydra's get_class: no such module, or not a class
+        return None
 
 
 def data_settings(run: Run) -> dict:
@@ -166,6 +187,28 @@ def data_settings(run: Run) -> dict:
         )
         root = Path(cwd) / root
     return {**settings, "root": str(root), "cache_dir": data.get("cache_dir")}
+
+
+def run_cwd(run: Run) -> str:
+    """The dir the run was started from (.hydra/hydra.yaml); "." where that cannot be read."""
+    try:
+        saved = yaml.safe_load((run.path / ".hydra" / "hydra.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return "."
+    runtime = (saved.get("hydra") or {}).get("runtime") if isinstance(saved, dict) else None
+    cwd = runtime.get("cwd") if isinstance(runtime, dict) else None
+    return cwd if isinstance(cwd, str) else "."
+
+
+def unreadable_section(runs: list[Run], labels: dict[str, str]) -> list[str]:
+    """Runs whose config cannot be read: no group to table them in, so a list of their own."""
+    if not runs:
+        return []
+    lines = ["## Unreadable runs", "", "| run | overrides | why |", "|---|---|---|"]
+    for run in runs:
+        cells = [f"`{run.name}`", labels[run.name], run.detail]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    return [*lines, ""]
 
 
 def load_splits(data: dict) -> dict[str, torch.Tensor]:
@@ -214,11 +257,9 @@ def run_row(run: Run, label: str) -> Row:
         detail = run.detail if len(run.detail) <= 200 else run.detail[:199] + "…"
         return Row(run.name, label, run.status, note=detail)
     model = run.metrics.get("model", {})
-    note = (
-        ""
-        if model.get("has_bottleneck", True)
-        else "no bottleneck: the code is no smaller than the input"
-    )
+    bottleneck = model.get("has_bottleneck", True)
+    no_bottleneck = "" if bottleneck else "no bottleneck: the code is no smaller than the input"
+    note = "; ".join(filter(None, [no_bottleneck, run.detail]))  # detail: an unreadable timing.json
     scores = {key: value for key, value in run.metrics.get("test", {}).items() if "/" not in key}
     return Row(
         run.name,
@@ -301,10 +342,12 @@ def markdown_table(rows: list[Row], score_columns: list[tuple[str, str, int]]) -
             _number(row.seconds_per_epoch, 2),
             row.note,
         ]
-        lines.append(
-            "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
-        )
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -315,7 +358,7 @@ def run_section(run: Run, label: str, directory: Path, figures: Path) -> list[st
     lines = [f"### `{run.name}`: {label}", ""]
     if not run.completed:
         lines += [f"**{run.status}**: {run.detail}", ""]
-    loss = run.metrics.get("loss") or run.config.task.get("loss", "")
+    loss = run.metrics.get("loss") or (run.config.task.get("loss", "") if run.config else "")
     chart = figures / f"loss_{run.name.replace('/', '_')}.png"
     if plot_losses(read_curves(run.path), loss, chart, f"{run.name}: {label}"):
         lines += [f"![loss per epoch]({_link(chart, directory)})", ""]
@@ -323,7 +366,7 @@ def run_section(run: Run, label: str, directory: Path, figures: Path) -> list[st
         lines += ["No curves logged (logger=none, or it stopped before its first epoch).", ""]
     preview = run.path / "preview.png"
     if preview.is_file():
-        caption = PREVIEW_CAPTIONS.get(task_name(run), "preview")
+        caption = PREVIEW_CAPTIONS.get(task_name(run) or "", "preview")
         lines += [f"![{caption}]({_link(preview, directory)})", "", f"*{caption}*", ""]
     return lines
 

@@ -3,7 +3,9 @@
 A run dir is any directory holding `.hydra/config.yaml`. Its state comes from metrics.json, which
 aelab.runtime.train writes as {"status": "running", pid, host} once training starts, then replaces with
 the results ("completed") or {"status": "failed", error}. A run with no metrics.json stopped before
-training began; a "running" run whose process is gone was killed. Both are shown as crashed.
+training began; a "running" run whose process is gone was killed. Both are shown as crashed. A run
+whose files cannot be read as aelab wrote them (a truncated metrics.json, a list where an object
+belongs, a missing key) is "unreadable", with the reason; the other runs are read as usual.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aelab.errors import AelabError
 
@@ -28,9 +31,9 @@ Curve = list[tuple[int, float]]  # (epoch, value), epochs counted from 0
 class Run:
     name: str  # the path relative to the directory the runs were found in
     path: Path
-    status: str  # completed, running or crashed
-    detail: str  # why it is running or crashed, in words
-    config: DictConfig
+    status: str  # completed, running, crashed or unreadable
+    detail: str  # why it is running, crashed or unreadable, in words; a completed run's caveat
+    config: DictConfig | None  # None when .hydra/config.yaml cannot be read as a run's config
     overrides: list[str]
     metrics: dict = field(default_factory=dict)  # metrics.json of a completed run
     timing: dict = field(default_factory=dict)
@@ -38,6 +41,10 @@ class Run:
     @property
     def completed(self) -> bool:
         return self.status == "completed"
+
+
+class Unreadable(Exception):
+    """A run's file is not what aelab writes there; the message says how."""
 
 
 def find_runs(directory: Path) -> list[Run]:
@@ -69,30 +76,142 @@ def _natural_key(relative: Path) -> tuple:
 
 
 def read_run(path: Path, name: str) -> Run:
-    metrics = _read_json(path / "metrics.json")
-    status, detail = run_status(metrics)
-    overrides = (
-        yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text())
-        if (path / ".hydra" / "overrides.yaml").is_file()
-        else []
-    )
+    """The run in path; one it cannot read is returned as unreadable, with the reason."""
+    problems = []
+    try:
+        config = read_config(path / ".hydra" / "config.yaml")
+    except Unreadable as problem:
+        config = None
+        problems.append(str(problem))
+    try:
+        overrides = read_overrides(path / ".hydra" / "overrides.yaml")
+    except Unreadable as problem:
+        overrides = []
+        problems.append(str(problem))
+    try:
+        metrics = read_json(path / "metrics.json")
+        if metrics is not None:
+            check_metrics(metrics)
+    except Unreadable as problem:
+        metrics = None
+        problems.append(str(problem))
+    caveat = ""
+    try:
+        timing = read_json(path / "timing.json")
+        timing = {} if timing is None else timing
+        check_timing(timing)
+    except Unreadable as problem:  # only the speed is lost: the run's results still count
+        timing, caveat = {}, str(problem)
+    if problems:
+        status, detail = "unreadable", "; ".join(problems)
+    else:
+        status, detail = run_status(metrics)
+        detail = "; ".join(filter(None, [detail, caveat]))
     return Run(
         name=name,
         path=path,
         status=status,
         detail=detail,
-        config=OmegaConf.load(path / ".hydra" / "config.yaml"),
-        overrides=[str(override) for override in overrides or []],
+        config=config,
+        overrides=overrides,
         metrics=metrics if status == "completed" else {},
-        timing=_read_json(path / "timing.json") or {},
+        timing=timing,
     )
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path):
+    """The file's JSON; None if there is no file."""
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as error:  # ValueError: not JSON (truncated?), not UTF-8
+        raise Unreadable(f"{path.name} cannot be read: {error}") from None
+
+
+def read_config(path: Path) -> DictConfig:
+    """The run's .hydra/config.yaml, with the task and data the report groups runs by."""
+    try:
+        config = OmegaConf.load(path)
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+        raise Unreadable(f".hydra/config.yaml cannot be read: {error}") from None
+    if not isinstance(config, DictConfig):
+        raise Unreadable(".hydra/config.yaml holds a list, not a run's config")
+    task, data = config.get("task"), config.get("data")
+    if not isinstance(task, DictConfig) or not isinstance(task.get("_target_"), str):
+        raise Unreadable(".hydra/config.yaml has no task._target_")
+    if not isinstance(data, DictConfig):
+        raise Unreadable(".hydra/config.yaml has no data settings")
+    try:
+        OmegaConf.to_container(data, resolve=True)
+    except OmegaConfBaseException as error:
+        raise Unreadable(f".hydra/config.yaml's data settings do not resolve: {error}") from None
+    return config
+
+
+def read_overrides(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    try:
+        overrides = yaml.safe_load(path.read_text()) or []
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise Unreadable(f".hydra/overrides.yaml cannot be read: {error}") from None
+    if not isinstance(overrides, list):
+        raise Unreadable(f".hydra/overrides.yaml holds {_kind(overrides)}, not a list")
+    return [str(override) for override in overrides]
+
+
+def check_metrics(metrics) -> None:
+    """Raise Unreadable unless metrics is shaped as aelab.runtime writes metrics.json."""
+    if not isinstance(metrics, dict):
+        raise Unreadable(f"metrics.json holds {_kind(metrics)}, not the object aelab writes")
+    if "status" not in metrics:
+        raise Unreadable('metrics.json has no "status"')
+    if metrics["status"] == "running" and not isinstance(metrics.get("pid"), int | None):
+        raise Unreadable(f'metrics.json\'s "pid" is {metrics["pid"]!r}, not a process id')
+    if metrics["status"] != "completed":
+        return
+    for key in ("test", "model"):
+        if key not in metrics:
+            raise Unreadable(f'metrics.json says completed but has no "{key}"')
+        if not isinstance(metrics[key], dict):
+            raise Unreadable(f'metrics.json\'s "{key}" is {_kind(metrics[key])}, not an object')
+    for key, value in metrics["test"].items():
+        if not _is_number(value):
+            raise Unreadable(f"metrics.json's test score {key} is {value!r}, not a number")
+    model = metrics["model"]
+    if not _is_number(model.get("latent_size")):
+        raise Unreadable('metrics.json\'s "model" has no latent_size')
+    for key in ("compression", "parameters"):
+        if model.get(key) is not None and not _is_number(model[key]):
+            raise Unreadable(f"metrics.json's model {key} is {model[key]!r}, not a number")
+    data = metrics.get("data", {})
+    if not isinstance(data, dict) or not all(_is_number(v) for v in data.values()):
+        raise Unreadable(f'metrics.json\'s "data" is {data!r}, not image counts per split')
+    for key in ("task", "loss"):
+        if metrics.get(key) is not None and not isinstance(metrics[key], str):
+            raise Unreadable(f"metrics.json's {key} is {metrics[key]!r}, not a name")
+
+
+def check_timing(timing) -> None:
+    if not isinstance(timing, dict):
+        raise Unreadable(f"timing.json holds {_kind(timing)}, not the object aelab writes")
+    seconds = timing.get("mean_seconds_per_epoch")
+    if seconds is not None and not _is_number(seconds):
+        raise Unreadable(f"timing.json's mean_seconds_per_epoch is {seconds!r}, not a number")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _kind(value) -> str:
+    """A JSON or YAML value's kind, in words."""
+    kinds = {dict: "an object", list: "a list", str: "text", bool: "a boolean", type(None): "null"}
+    for kind, words in kinds.items():
+        if isinstance(value, kind):
+            return f"{words} ({value!r})" if kind is str else words
+    return "a number" if _is_number(value) else type(value).__name__
 
 
 def run_status(metrics: dict | None) -> tuple[str, str]:
@@ -104,6 +223,10 @@ def run_status(metrics: dict | None) -> tuple[str, str]:
         return "completed", ""
     if status == "failed":
         return "crashed", f"failed: {metrics.get('error', 'no error recorded')}"
+    if status == "diverged":
+        return "crashed", f"diverged: {metrics.get('error', 'no error recorded')}"
+    if status == "interrupted":
+        return "crashed", f"interrupted; continue with {metrics.get('resume', 'resume=RUN_DIR')}"
     if status == "running":
         pid, host = metrics.get("pid"), metrics.get("host")
         if host != socket.gethostname():
