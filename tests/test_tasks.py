@@ -92,3 +92,45 @@ def test_colorization_splits_lab_and_scores_the_grayscale_baseline():
     rows = task.preview_rows(lab)
     assert len(rows) == 3 and all(r.shape == (4, 3, 32, 32) for r in rows)
     assert torch.allclose(rows[2], rgb, atol=1e-3)
+
+
+@pytest.mark.parametrize("task_name", ["reconstruction", "colorization"])
+def test_scores_under_bf16_mixed_equal_float32_for_the_same_logits(task_name, tmp_path):
+    """Validation under Trainer(precision="bf16-mixed") scores the same logits as float32 does."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from aelab.data.color import rgb_to_lab_normalized
+    from aelab.tasks import ColorizationTask
+
+    torch.manual_seed(0)
+    rgb = torch.rand(6, 3, 32, 32).clamp(0.05, 0.95)
+    if task_name == "colorization":
+        task_class, batch = ColorizationTask, rgb_to_lab_normalized(rgb)
+    else:
+        task_class, batch = ReconstructionTask, rgb
+    network = ConvAutoEncoder(
+        in_channels=task_class.in_channels, out_channels=task_class.out_channels
+    )
+    targets = task_class(network).split_batch(batch)[1]
+    logits = (torch.logit(targets) + 0.5 * torch.randn_like(targets)).to(torch.bfloat16)
+    results = {}
+    for precision in ("32-true", "bf16-mixed"):
+        task = task_class(network)
+        task.forward = lambda inputs: logits[: len(inputs)]  # bf16, as autocast's network gives
+        trainer = L.Trainer(
+            accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        (results[precision],) = trainer.validate(
+            task, dataloaders=DataLoader(batch, batch_size=6), verbose=False
+        )
+    assert set(results["32-true"]) >= {f"val/{name}" for name in task_class.score_names}
+    assert results["bf16-mixed"] == results["32-true"]
+    # The metric functions themselves, called under autocast by any other caller.
+    prediction, truth = torch.sigmoid(logits.float()), targets
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = [f(prediction, truth) for f in (metrics.ssim, metrics.psnr, metrics.mse)]
+    outside = [f(prediction, truth) for f in (metrics.ssim, metrics.psnr, metrics.mse)]
+    assert all(a.dtype == torch.float32 for a in under_autocast)
+    assert all(torch.equal(a, b) for a, b in zip(under_autocast, outside, strict=True))

@@ -27,6 +27,10 @@ class StopOnDivergence(L.Callback):
     def __init__(self, check_every_n_steps: int = 1) -> None:
         self.check_every_n_steps = max(int(check_every_n_steps), 1)
         self._pending: list[tuple[torch.Tensor, int, int, int]] = []
+        self._saved = False  # whether any checkpoint of this run holds finite weights
+
+    def on_train_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        self._saved = trainer.ckpt_path is not None  # a resumed run's checkpoint is one
 
     def on_train_batch_end(self, trainer: L.Trainer, task, outputs, batch, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -53,9 +57,9 @@ class StopOnDivergence(L.Callback):
             raise TrainingDiverged(
                 f"The weights became NaN or infinite by step {trainer.global_step} (epoch "
                 f"{trainer.current_epoch}; {', '.join(broken[:3])}). The run stopped without "
-                "saving them; its checkpoints hold the last finite weights. Lower optimizer.lr "
-                "(the default is 1e-3)."
+                f"saving them; {self._checkpoints()}. Lower optimizer.lr (the default is 1e-3)."
             )
+        self._saved = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         self._check(trainer)
@@ -79,11 +83,14 @@ class StopOnDivergence(L.Callback):
         _, epoch, batch, step = pending[int((~finite).nonzero()[0])]
         raise self._diverged_at(epoch, batch, step)
 
-    @staticmethod
-    def _diverged_at(epoch: int, batch: int, step: int) -> TrainingDiverged:
+    def _checkpoints(self) -> str:
+        if self._saved:
+            return "its checkpoints hold the last finite weights, saved before that step"
+        return "no checkpoint was written yet, so there is nothing to resume from"
+
+    def _diverged_at(self, epoch: int, batch: int, step: int) -> TrainingDiverged:
         return TrainingDiverged(
             f"The training loss became NaN or infinite at step {step} (epoch {epoch}, batch "
-            f"{batch} of that epoch). The run stopped; its checkpoints hold the last weights "
-            "saved before that step. Lower optimizer.lr (the default is 1e-3), or check the data "
-            "for broken images."
+            f"{batch} of that epoch). The run stopped; {self._checkpoints()}. Lower optimizer.lr "
+            "(the default is 1e-3), or check the data for broken images."
         )

@@ -131,18 +131,40 @@ def check_architecture(
             raise AelabError(f"model.{name} must be one of {sorted(options)}, got {value!r}.")
 
 
-def bottleneck(model: ConvAutoEncoder, image_size: int) -> dict:
-    """Latent shape, size and compression versus the input, and a sentence saying what it means."""
+def bottleneck(
+    model: ConvAutoEncoder, image_size: int, input_is_target: bool | None = None
+) -> dict:
+    """Latent shape, size and compression versus the input, and a sentence saying what it means.
+
+    `input_is_target` says whether the task reconstructs its input; by default, when the network
+    gives back as many channels as it takes (reconstruction, not colorization's L → ab).
+    """
+    if input_is_target is None:
+        input_is_target = model.in_channels == model.out_channels
     latent_shape = model.latent_shape(image_size, image_size)
     latent_size = math.prod(latent_shape)
     input_size = model.in_channels * image_size * image_size
     compression = input_size / latent_size
     shape = "×".join(map(str, latent_shape))
-    if latent_size < input_size:
+    described = (
+        f"latent {shape} = {latent_size:,} values for a {model.in_channels}×{image_size}×"
+        f"{image_size} = {input_size:,}-value input"
+    )
+    if not input_is_target:
+        output_size = model.out_channels * image_size * image_size
+        if latent_size < input_size:
+            size = f"{compression:.1f}× compression"
+        else:
+            size = (
+                "the same size" if latent_size == input_size else f"{1 / compression:.1f}× larger"
+            )
         summary = (
-            f"latent {shape} = {latent_size:,} values for a {model.in_channels}×{image_size}×"
-            f"{image_size} = {input_size:,}-value input: {compression:.1f}× compression"
+            f"{described} ({size}); the {model.out_channels}×{image_size}×{image_size} = "
+            f"{output_size:,}-value target is not the input, so no latent size lets the network "
+            "copy its way to the answer"
         )
+    elif latent_size < input_size:
+        summary = f"{described}: {compression:.1f}× compression"
     else:
         summary = (
             f"latent {shape} = {latent_size:,} values for a {input_size:,}-value input: NO "

@@ -3,6 +3,8 @@ elsewhere is data, and a pickle that would run code is refused, not executed."""
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -24,15 +26,37 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise AelabError(
-            f"{path} could not be loaded as a checkpoint with weights_only=True ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}). It is corrupt, not a checkpoint, or holds objects "
-            "other than tensors and plain values, which aelab refuses to unpickle for safety."
-        ) from None
+        raise AelabError(_refusal(path, error)) from None
     facts = checkpoint.get("aelab") if isinstance(checkpoint, dict) else None
     if not isinstance(facts, dict) or "model" not in facts:
         raise AelabError(f"{path} is not an aelab checkpoint (it has no 'aelab' entry).")
     return checkpoint
+
+
+def _refusal(path: Path, error: Exception) -> str:
+    """Why the file was refused, without torch's advice to load it with weights_only=False."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch's message carries terminal colours
+    python_object = re.search(r"GLOBAL ([\w.]+)", text)
+    if isinstance(error, pickle.UnpicklingError) and python_object:
+        return (
+            f"{path} could not be loaded as a checkpoint: it holds Python objects "
+            f"({python_object.group(1)}), not only tensors and plain values, and unpickling them "
+            "could run code, so aelab refuses to. Checkpoints written by aelab hold none: use one "
+            "from a run dir's checkpoints/ (best.ckpt or last.ckpt)."
+        )
+    if isinstance(error, pickle.UnpicklingError):
+        operand = re.search(r"Unsupported operand \d+", text)
+        reason = operand.group(0) if operand else "data other than tensors and plain values"
+    else:
+        lines = text.strip().splitlines()
+        first_line = lines[0].split(". ")[0].rstrip(".")[:200] if lines else "the file ends early"
+        reason = f"{type(error).__name__}: {first_line}"
+    if "weights_only" in reason:  # never pass on the advice to turn the safety off
+        reason = type(error).__name__
+    return (
+        f"{path} could not be loaded as a checkpoint ({reason}): it is corrupt or not a "
+        "checkpoint (aelab reads checkpoints as tensors and plain values only)."
+    )
 
 
 def load_network(path: str | Path, task: str) -> ConvAutoEncoder:

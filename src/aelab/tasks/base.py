@@ -73,6 +73,8 @@ class AutoEncoderTask(L.LightningModule):
         # The epoch's training loss, summed on the device: no host sync per step.
         self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
         self._loss_images = 0
+        self._step_loss: tuple[torch.Tensor, int] | None = None  # the batch not yet in the sum
+        self._loss_epoch: int | None = None  # the epoch of a sum loaded from a checkpoint
 
     # What a task defines ------------------------------------------------------------------------
     def split_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,20 +100,41 @@ class AutoEncoderTask(L.LightningModule):
         """Logits for a batch of inputs in the task's colour space."""
         return self.model(inputs.contiguous(memory_format=self.memory_format))
 
+    def on_train_start(self) -> None:
+        """Resumed from a step checkpoint of an epoch's last batch, Lightning goes on to the next
+        epoch without that epoch's end hooks: its loss goes to the loggers here, and its sum is
+        dropped so that it does not count in the next epoch."""
+        loaded_epoch, self._loss_epoch = self._loss_epoch, None
+        if loaded_epoch is None or loaded_epoch == self.current_epoch:
+            return
+        if self._loss_images:
+            loss = (self._loss_sum / self._loss_images).item()  # the ranks' total, on rank zero
+            for logger in self.loggers:
+                logger.log_metrics(
+                    {"train/loss": loss, "epoch": loaded_epoch}, step=self.global_step - 1
+                )
+        self._loss_sum.zero_()
+        self._loss_images, self._step_loss = 0, None
+
     def on_train_epoch_start(self) -> None:
         self._loss_sum.zero_()
-        self._loss_images = 0
+        self._loss_images, self._step_loss = 0, None
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, targets = self.split_batch(batch)
-        return self.loss_fn(self(inputs), targets)
+        loss = self.loss_fn(self(inputs), targets)
+        # LBFGS calls this several times per batch: the last call's loss is the batch's.
+        self._step_loss = (loss.detach(), len(batch))
+        return loss
 
     def on_train_batch_end(self, outputs: dict, batch: torch.Tensor, batch_idx: int) -> None:
-        """Once per batch (LBFGS evaluates the step many times); Lightning divides the loss by the
-        accumulation count, so it is multiplied back for the epoch mean."""
-        scale = len(batch) * self.trainer.accumulate_grad_batches
-        self._loss_sum.add_(outputs["loss"], alpha=scale)
-        self._loss_images += len(batch)
+        """Once per batch; this runs after the callbacks' hook, where step checkpoints are saved,
+        so on_save_checkpoint counts a batch not yet added here."""
+        if self._step_loss is not None:
+            loss, images = self._step_loss
+            self._loss_sum.add_(loss, alpha=images)
+            self._loss_images += images
+            self._step_loss = None
 
     def on_train_epoch_end(self) -> None:
         if self._loss_images:
@@ -119,6 +142,9 @@ class AutoEncoderTask(L.LightningModule):
             totals = torch.stack([self._loss_sum, self._loss_sum.new_tensor(self._loss_images)])
             loss_sum, images = self.trainer.strategy.reduce(totals, reduce_op="sum")
             self.log("train/loss", loss_sum / images, prog_bar=True, sync_dist=True)
+        # Zeroed here too, so a checkpoint saved at the epoch's end carries no partial sum.
+        self._loss_sum.zero_()
+        self._loss_images, self._step_loss = 0, None
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -128,14 +154,21 @@ class AutoEncoderTask(L.LightningModule):
 
     def _evaluate(self, batch: torch.Tensor, stage: str) -> None:
         inputs, targets = self.split_batch(batch)
-        logits = self(inputs).float()  # scores in float32 even under bf16 autocast
-        self.losses[stage].update(self.loss_fn(logits, targets), weight=len(batch))
+        logits = self(inputs)
+        # The loss and every score in float32: under bf16 autocast SSIM's convolutions lose digits.
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            inputs, targets, logits = inputs.float(), targets.float(), logits.float()
+            self.losses[stage].update(self.loss_fn(logits, targets), weight=len(batch))
+            scores = self.compute_scores(inputs, targets, logits)
+            baseline = self.baseline_logits(inputs, targets)
+            if baseline is not None and (stage == "test" or self.current_epoch == 0):  # once a run
+                baseline_scores = self.compute_scores(inputs, targets, baseline.float())
+            else:
+                baseline_scores = None
         self.log(f"{stage}/loss", self.losses[stage], on_epoch=True, prog_bar=True)
-        self._log_scores(stage, self.scores[stage], self.compute_scores(inputs, targets, logits))
-        baseline = self.baseline_logits(inputs, targets)
-        if baseline is not None and (stage == "test" or self.current_epoch == 0):  # once per run
-            scores = self.compute_scores(inputs, targets, baseline)
-            self._log_scores(f"{stage}/baseline", self.baseline_scores[stage], scores)
+        self._log_scores(stage, self.scores[stage], scores)
+        if baseline_scores is not None:
+            self._log_scores(f"{stage}/baseline", self.baseline_scores[stage], baseline_scores)
 
     def _log_scores(self, prefix: str, means: ScoreMeans, scores: dict[str, torch.Tensor]) -> None:
         means.update(scores)
@@ -161,6 +194,15 @@ class AutoEncoderTask(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        partial_epoch = checkpoint.get("aelab_epoch_loss")
+        if partial_epoch and self.global_rank == 0:  # the ranks' total: rank zero carries it
+            self._loss_sum.fill_(partial_epoch["sum"])
+            self._loss_images = int(partial_epoch["images"])
+        else:
+            self._loss_sum.zero_()
+            self._loss_images = 0
+        self._step_loss = None
+        self._loss_epoch = partial_epoch["epoch"] if partial_epoch else None
         if "gradient_clip_val" in checkpoint.get("hyper_parameters", {}):
             raise AelabError(
                 "This checkpoint was saved by an aelab version whose task stepped the optimizer "
@@ -172,9 +214,24 @@ class AutoEncoderTask(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Plain-typed facts that let predict.py rebuild the network with weights_only loading."""
+        """Plain-typed facts that let predict.py rebuild the network with weights_only loading,
+        and the epoch's training loss so far, so a resumed epoch logs the whole epoch's mean."""
         checkpoint["aelab"] = {
             "task": self.name,
             "loss": self.hparams.loss,
             "model": self.model.config(),
+        }
+        loss_sum, images = self._loss_sum.detach().clone(), self._loss_images
+        if self._step_loss is not None:  # saved from a callback's on_train_batch_end
+            loss_sum.add_(self._step_loss[0], alpha=self._step_loss[1])
+            images += self._step_loss[1]
+        totals = torch.stack([loss_sum, loss_sum.new_tensor(images)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank saves together (Lightning's rule), so every rank's part is summed here.
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        loss_sum, images = totals.tolist()
+        checkpoint["aelab_epoch_loss"] = {
+            "epoch": self.current_epoch,
+            "sum": loss_sum,
+            "images": int(images),
         }

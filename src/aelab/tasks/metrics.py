@@ -6,7 +6,8 @@ psnr (not the psnr of the mean error) and every split size weighs each image equ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -16,20 +17,35 @@ from torchmetrics import MeanMetric
 MAX_PSNR_DB = 100.0  # a perfect image has infinite psnr; cap it so means stay finite
 
 
+def float32(score: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """The score computed in float32 outside any autocast, whatever precision the caller runs in."""
+
+    @functools.wraps(score)
+    def in_float32(*images: torch.Tensor, **options) -> torch.Tensor:
+        with torch.autocast(device_type=images[0].device.type, enabled=False):
+            return score(*(image.float() for image in images), **options)
+
+    return in_float32
+
+
+@float32
 def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
 
 
+@float32
 def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (prediction - target).square().flatten(1).mean(1)
 
 
+@float32
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image psnr in dB for images in [0, 1]."""
     error = mse(prediction, target).clamp_min(10 ** (-MAX_PSNR_DB / 10))
     return -10 * torch.log10(error)
 
 
+@float32
 def ssim(
     prediction: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5
 ) -> torch.Tensor:
@@ -44,7 +60,7 @@ def ssim(
     kernel = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = (kernel / kernel.sum()).repeat(5 * channels, 1, 1, 1)
     pad = (window - 1) // 2
-    x, y = prediction.float(), target.float()
+    x, y = prediction, target
     stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
     stacked = F.pad(stacked, (pad, pad, pad, pad), mode="reflect")
     blurred = F.conv2d(stacked, kernel.view(-1, 1, 1, window), groups=5 * channels)
@@ -59,11 +75,13 @@ def ssim(
     return ssim_map.flatten(1).mean(1)
 
 
+@float32
 def delta_e76(lab_prediction: torch.Tensor, lab_target: torch.Tensor) -> torch.Tensor:
     """Per-image mean CIE76 ΔE: the Euclidean distance in Lab units, per pixel."""
     return (lab_prediction - lab_target).square().sum(1).sqrt().flatten(1).mean(1)
 
 
+@float32
 def chroma(lab: torch.Tensor) -> torch.Tensor:
     """Per-image mean chroma √(a² + b²): how colourful, whatever the hue."""
     return lab[:, 1:].square().sum(1).sqrt().flatten(1).mean(1)
