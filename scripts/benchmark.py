@@ -81,7 +81,7 @@ def floor_rates(
     datamodule.setup("fit")
     task = task.to(device)
     images = datamodule.splits["train"].to(device)
-    optimizer = task.configure_optimizers()
+    optimizer = task.optimizer_factory(task.parameters())  # the bare loop steps no scheduler
     rates = []
     with frozen_heap():  # as aelab trains: no full-heap collection inside an epoch
         for _ in range(epochs):
@@ -113,7 +113,7 @@ class BareStepsBetween(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         self.bare = copy.deepcopy(task)
-        self.optimizer = self.bare.configure_optimizers()
+        self.optimizer = self.bare.optimizer_factory(self.bare.parameters())
         self.images = trainer.datamodule.splits["train"].to(task.device)
         self.block = min(self.block, trainer.num_training_batches)  # a tiny split: one block/epoch
 

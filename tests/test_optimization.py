@@ -269,3 +269,14 @@ def test_resume_refuses_a_manual_optimization_checkpoint_before_hydra_starts(
     torch.save(old, last)
     with pytest.raises(AelabError, match=r"manual optimization.*ckpt_path="):
         resume_arguments([f"resume={run_dir}"])
+
+
+def test_a_bare_torch_scheduler_node_steps_per_epoch(image_folder, tmp_path):
+    """The command line a user tries first: +scheduler._target_=... with its arguments."""
+    overrides = [
+        "+scheduler._target_=torch.optim.lr_scheduler.StepLR",
+        "+scheduler.step_size=1",
+        "+scheduler.gamma=0.5",
+    ]
+    _, _, probe = fitted(image_folder, tmp_path, overrides, epochs=3)
+    assert probe.epoch_lrs == pytest.approx([1e-3, 5e-4, 2.5e-4])

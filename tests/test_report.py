@@ -311,3 +311,12 @@ def test_bad_runs_beside_good_ones_are_listed_as_unreadable_and_the_rest_reporte
     assert "## Unreadable runs" in report
     assert ".hydra/config.yaml cannot be read" in rows["10"]["why"]
     assert "11 run(s): 4 completed, 1 running, 2 crashed, 4 unreadable." in report
+
+
+def test_eval_dirs_beside_runs_are_not_taken_for_runs(tmp_path):
+    run, evaluation = tmp_path / "runs" / "a", tmp_path / "evals" / "b"
+    for directory in (run, evaluation):
+        (directory / ".hydra").mkdir(parents=True)
+        (directory / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (evaluation / "eval.json").write_text("{}\n")
+    assert [found.path for found in find_runs(tmp_path)] == [run]

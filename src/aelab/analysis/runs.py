@@ -55,7 +55,11 @@ def find_runs(directory: Path) -> list[Run]:
             f"{directory} is not a directory. Give a run dir (outputs/runs/<date>_<time>) or a multirun dir (outputs/multirun/<date>_<time>)."
         )
     paths = sorted(
-        (config.parent.parent for config in directory.rglob(".hydra/config.yaml")),
+        (
+            config.parent.parent
+            for config in directory.rglob(".hydra/config.yaml")
+            if not (config.parent.parent / "eval.json").exists()  # eval.py's dirs are no runs
+        ),
         key=lambda path: _natural_key(path.relative_to(directory)),
     )
     if not paths:

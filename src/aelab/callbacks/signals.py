@@ -43,6 +43,7 @@ class SaveOnSignal(L.Callback):
         self.sync_every_n_steps = max(int(sync_every_n_steps), 1)
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._step_before = -1
 
     def on_train_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         """Installed here, after Lightning's own SIGTERM handler, which it replaces: Lightning's
@@ -56,7 +57,12 @@ class SaveOnSignal(L.Callback):
     def _receive(self, signum: int, frame: Any) -> None:
         self.received = signum
 
+    def on_train_batch_start(self, trainer: L.Trainer, task, batch, batch_idx: int) -> None:
+        self._step_before = trainer.global_step
+
     def on_train_batch_end(self, trainer: L.Trainer, task, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self._step_before:
+            return  # inside an accumulation window: its gradients are in no checkpoint
         received = self.received is not None
         if trainer.world_size > 1:
             if trainer.global_step % self.sync_every_n_steps:

@@ -94,7 +94,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
             f"at the same size: data.image_size must be a multiple of {2**model.pooling_stages}. "
             "Change the image size, use fewer model.widths, or pooling=none."
         )
-    scheduler = _instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None
+    scheduler = lr_scheduler(cfg.scheduler) if cfg.get("scheduler") else None
     task = _instantiate(
         cfg.task, model=model, optimizer=_instantiate(cfg.optimizer), scheduler=scheduler
     )
@@ -136,6 +136,22 @@ def _instantiate(node: DictConfig, **kwargs):
         if isinstance(error.__cause__, AelabError):
             raise error.__cause__ from None
         raise
+
+
+def lr_scheduler(node: DictConfig) -> dict:
+    """Lightning's lr_scheduler dict with a scheduler factory: from a preset (scheduler=cosine,
+    the torch scheduler under scheduler.scheduler) or a bare torch scheduler node
+    (+scheduler._target_=torch.optim.lr_scheduler.StepLR +scheduler.step_size=1: stepped per epoch)."""
+    if "_target_" in node:
+        return {"scheduler": _instantiate(node, _partial_=True)}
+    if "scheduler" not in node:
+        raise AelabError(
+            "The scheduler config names no scheduler: give a preset (scheduler=cosine, onecycle, "
+            "plateau, step) or a torch scheduler, e.g. +scheduler._target_="
+            "torch.optim.lr_scheduler.StepLR +scheduler.step_size=1."
+        )
+    settings = OmegaConf.to_container(node, resolve=True)
+    return {**settings, "scheduler": _instantiate(node.scheduler, _partial_=True)}
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
@@ -189,7 +205,7 @@ def write_results(cfg, output_dir, trainer, task, datamodule, test_metrics, best
         "model": {**task.model.config(), **model_facts},
         "data": datamodule.split_sizes(),
         "best_checkpoint": str(Path(best).relative_to(output_dir)) if best else None,
-        "init_checkpoint": cfg.get("ckpt_path"),
+        "init_checkpoint": str(Path(cfg.ckpt_path).resolve()) if cfg.get("ckpt_path") else None,
     }
     timing = {
         "seconds_per_epoch": timer.epoch_seconds,

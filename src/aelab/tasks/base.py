@@ -57,7 +57,8 @@ class AutoEncoderTask(L.LightningModule):
         )
         # channels_last: oneDNN's fast convolution layout on the CPU (docs/performance.md);
         # LBFGS flattens gradients with view(), which needs them contiguous.
-        if isinstance(optimizer, partial) and issubclass(optimizer.func, torch.optim.LBFGS):
+        optimizer_class = getattr(optimizer, "func", None)
+        if isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.LBFGS):
             channels_last = False
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
@@ -184,8 +185,9 @@ class AutoEncoderTask(L.LightningModule):
             return optimizer
         settings = dict(self.scheduler_config)
         factory = settings.pop("scheduler")
-        if "total_steps" in inspect.signature(factory).parameters and (
-            getattr(factory, "keywords", {}).get("total_steps") is None
+        given = getattr(factory, "keywords", {})
+        if "total_steps" in inspect.signature(factory).parameters and not (
+            given.get("total_steps") or given.get("epochs")
         ):
             factory = partial(factory, total_steps=self.trainer.estimated_stepping_batches)
         return {
@@ -210,7 +212,8 @@ class AutoEncoderTask(L.LightningModule):
                 "automatic optimization does not read it, so a resume would restart its step "
                 "count, step checkpoints and schedulers at 0. Start a new run from its weights "
                 "instead: python train.py ckpt_path=PATH (same model overrides), or evaluate it "
-                "with python eval.py ckpt_path=PATH."
+                "with python eval.py ckpt_path=PATH; in Python, "
+                "aelab.models.checkpoint.load_network(PATH, TASK) gives its network."
             )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
