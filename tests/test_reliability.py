@@ -20,7 +20,9 @@ from aelab.callbacks import RandomStates
 from aelab.data.batches import EpochBatches
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
+from aelab.runtime.checkpoint_io import AtomicCheckpointIO
 from aelab.runtime.resume import resume_arguments
+from aelab.runtime.run_lock import release_all
 from aelab.runtime.train import run
 from tests.conftest import CLEAN_ENVIRONMENT, compose_config, run_cli
 
@@ -125,6 +127,26 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches(run_args, refere
     assert_same_run(run_dir, reference)
 
 
+def test_a_truncated_last_checkpoint_resumes_from_the_one_before_and_matches(
+    run_args, reference, tmp_path
+):
+    run_dir = tmp_path / "run"
+    process = start(*run_args, f"hydra.run.dir={run_dir}")
+    wait_for(run_dir / "checkpoints" / "last.ckpt.prev", process)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = load(last.with_name("last.ckpt.prev"))["global_step"]
+    last.write_bytes(last.read_bytes()[:1000])
+
+    resumed = start(f"resume={run_dir}")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
+
+    said = " ".join(resumed.stderr.read().split())
+    assert f"{last} could not be loaded" in said and f"step {before}), now {last}" in said
+    assert_same_run(run_dir, reference)
+
+
 def test_a_requeued_slurm_job_continues_its_run_from_the_last_checkpoint(
     run_args, reference, tmp_path
 ):
@@ -149,6 +171,10 @@ SAVE_FOREVER = """
 import sys, torch
 from aelab.runtime.checkpoint_io import AtomicCheckpointIO
 io, path, index = AtomicCheckpointIO(), sys.argv[1], 0
+try:  # the numbering goes on from the last save of the process killed before
+    index = int(torch.load(path, weights_only=True)["state_dict"]["w"][0])
+except FileNotFoundError:
+    pass
 print("saving", flush=True)
 while True:
     index += 1
@@ -157,19 +183,67 @@ while True:
 
 
 def test_a_kill_during_saving_always_leaves_a_loadable_last_checkpoint(tmp_path):
+    """And the one before it as last.ckpt.prev; what a killed save left goes at the next save."""
     path = tmp_path / "checkpoints" / "last.ckpt"
-    generator = random.Random(0)
+    generator, killed = random.Random(0), []
     for _ in range(3):
         process = subprocess.Popen(
             [sys.executable, "-c", SAVE_FOREVER, str(path)], stdout=subprocess.PIPE, text=True
         )
         assert process.stdout.readline() == "saving\n"
-        time.sleep(0.2 + generator.random() * 0.3)
+        while not path.with_name("last.ckpt.prev").exists():  # two saves done
+            time.sleep(0.01)
+        time.sleep(generator.random() * 0.3)
         process.kill()
         process.wait(timeout=60)
+        process.stdout.close()
+        killed.append(process.pid)
         weights = load(path)["state_dict"]["w"]
-        assert weights.shape == (2_000_000,) and bool((weights == weights[0]).all())
-    assert [p.name for p in path.parent.iterdir() if not p.name.startswith(".")] == ["last.ckpt"]
+        before = load(path.with_name("last.ckpt.prev"))["state_dict"]["w"]
+        assert weights.shape == before.shape == (2_000_000,)
+        assert bool((weights == weights[0]).all()) and bool((before == before[0]).all())
+        # One save back; two if the kill came between the new file's rename and the old one's.
+        assert weights[0] - before[0] in (1, 2)
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".")) == [
+        "last.ckpt",
+        "last.ckpt.prev",
+    ]
+    for pid in killed:  # what a kill at any moment of a save can leave
+        path.with_name(f".last.ckpt.tmp{pid}").write_bytes(b"half")
+        path.with_name(f".last.ckpt.prev.tmp{pid}").write_bytes(b"half")
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt", "last.ckpt.prev"]
+
+
+def test_last_checkpoint_keeps_the_one_before_and_lightning_removes_both(tmp_path):
+    io, last = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    for step in (1, 2, 3):
+        io.save_checkpoint({"global_step": step}, last)
+        io.save_checkpoint({"global_step": step}, tmp_path / "best.ckpt")
+    assert load(last)["global_step"] == 3 and load(tmp_path / "last.ckpt.prev")["global_step"] == 2
+    assert last.stat().st_ino != (tmp_path / "last.ckpt.prev").stat().st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+        "last.ckpt.prev",
+    ]
+    io.remove_checkpoint(last)  # what ModelCheckpoint calls for a superseded checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
+
+
+def test_a_save_removes_only_the_leftovers_of_processes_that_are_gone(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=60)
+    try:
+        for pid in (live.pid, gone.pid):
+            (tmp_path / f".last.ckpt.tmp{pid}").write_bytes(b"half")
+        AtomicCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / "last.ckpt")
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == [f".last.ckpt.tmp{live.pid}", "last.ckpt"]
+    finally:
+        live.kill()
+        live.wait(timeout=60)
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
@@ -220,6 +294,18 @@ def fake_run(run_dir: Path) -> Path:
     return run_dir
 
 
+def fake_checkpoint(path: Path, step: int) -> bytes:
+    """A checkpoint as aelab's resume reads it before Hydra starts; its bytes."""
+    torch.save({"aelab": {"model": {}}, "global_step": step, "epoch": step // 10}, path)
+    return path.read_bytes()
+
+
+def interrupted_run(run_dir: Path) -> Path:
+    fake_run(run_dir)
+    (run_dir / "metrics.json").write_text('{"status": "interrupted"}\n')
+    return run_dir
+
+
 def test_a_new_run_refuses_a_dir_that_holds_another_run(tmp_path):
     run_dir = fake_run(tmp_path / "old")
     result = run_cli("debug=smoke", f"hydra.run.dir={run_dir}")
@@ -238,7 +324,7 @@ def test_a_sweep_refuses_a_sweep_dir_that_holds_runs(tmp_path):
 
 def test_resume_rewrites_the_command_line_to_the_runs_own_config(tmp_path):
     run_dir = fake_run(tmp_path / "old")
-    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    fake_checkpoint(run_dir / "checkpoints" / "last.ckpt", step=3)
     assert resume_arguments(["loss=mse"]) == ["loss=mse"]
     assert resume_arguments([f"resume={run_dir}"]) == [
         f"--config-path={run_dir / '.hydra'}", "--config-name=config",
@@ -267,6 +353,42 @@ def test_resume_of_a_completed_run_exits_2_with_the_reason(tmp_path):
     (run_dir / "metrics.json").write_text('{"status": "completed"}')
     result = run_cli(f"resume={run_dir}")
     assert result.returncode == 2 and "has completed" in result.stderr
+
+
+def test_resume_of_a_truncated_last_checkpoint_names_it_and_keeps_the_status(tmp_path):
+    run_dir = interrupted_run(tmp_path / "old")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(fake_checkpoint(last, step=3)[:300])
+    result = run_cli(f"resume={run_dir}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{last} could not be loaded" in " ".join(result.stderr.split())
+    assert "ckpt_path=" in result.stderr
+    assert (run_dir / "metrics.json").read_text() == '{"status": "interrupted"}\n'
+
+
+@pytest.mark.parametrize("damage", [lambda data: data[:300], lambda data: b"", None])
+def test_resume_falls_back_to_the_checkpoint_before_an_unreadable_last(damage, tmp_path, capsys):
+    run_dir = interrupted_run(tmp_path / "old")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = fake_checkpoint(last.with_name("last.ckpt.prev"), step=20)
+    newest = fake_checkpoint(last, step=30)
+    if damage is None:
+        last.unlink()  # a save killed where no hard link could be made
+    else:
+        last.write_bytes(damage(newest))
+    (last.parent / ".last.ckpt.tmp999999999").write_bytes(b"half")  # a killed save's
+    resume_arguments([f"resume={run_dir}"])
+    assert last.read_bytes() == before and not last.with_name("last.ckpt.prev").exists()
+    said = " ".join(capsys.readouterr().err.split())
+    assert (
+        f"Continuing from the checkpoint saved before it instead (epoch 2, step 20), now {last}"
+        in said
+    )
+    names = {"last.ckpt"} | ({"last.ckpt.unreadable"} if damage else set())
+    assert {p.name for p in last.parent.iterdir()} == names
+    if damage is not None:
+        assert last.with_name("last.ckpt.unreadable").read_bytes() == damage(newest)
+    assert (run_dir / "metrics.json").read_text() == '{"status": "interrupted"}\n'
 
 
 def test_resume_at_continues_the_epoch_order_after_the_batches_done():
@@ -336,3 +458,4 @@ def test_any_invalid_model_config_is_refused_with_the_setting_named(widths, kern
 def _clear_hydra():
     yield
     GlobalHydra.instance().clear()
+    release_all()  # the run dirs an in-process resume_arguments claimed

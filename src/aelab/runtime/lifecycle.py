@@ -26,6 +26,7 @@ from aelab.errors import AelabError
 from aelab.runtime.distributed import export_run_to_children, launch_rank, launch_state_restored
 from aelab.runtime.heap import frozen_heap
 from aelab.runtime.requeue import hand_over
+from aelab.runtime.run_lock import LOCK_NAME
 
 log = logging.getLogger("aelab")
 
@@ -106,9 +107,10 @@ def available_cores() -> int:
 
 
 def discard_unused_run_dir(output_dir: Path) -> None:
-    """Remove a run dir that holds only what Hydra wrote before we refused the config."""
+    """Remove a run dir that holds only what Hydra wrote before we refused the config (and the
+    dir's claim, aelab.runtime.run_lock)."""
     if output_dir.is_dir() and all(
-        p.name == ".hydra" or p.suffix == ".log" for p in output_dir.iterdir()
+        p.name in (".hydra", LOCK_NAME) or p.suffix == ".log" for p in output_dir.iterdir()
     ):
         shutil.rmtree(output_dir, ignore_errors=True)
 

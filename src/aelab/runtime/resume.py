@@ -4,14 +4,20 @@ aelab.runtime.cli calls resume_arguments before Hydra parses the command line an
 for arguments that make Hydra load RUN_DIR/.hydra/config.yaml itself (not a config composed anew
 from today's config files), write into RUN_DIR, and leave RUN_DIR/.hydra untouched
 (hydra.output_subdir=null). The run then finds `resume` set and continues from last.ckpt.
+Before that, RUN_DIR is claimed (aelab.runtime.run_lock), so a run whose process still lives is
+refused, and a last.ckpt that cannot be read gives way to the one saved before it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from aelab.errors import AelabError
+from aelab.runtime.distributed import launch_rank
+from aelab.runtime.run_lock import claim
 
 PREFIX = "resume="
 
@@ -38,7 +44,8 @@ def resume_arguments(argv: list[str]) -> list[str]:
 
 
 def resumable_run_dir(path: str) -> Path:
-    """RUN_DIR resolved, once it is known to hold a config and a last.ckpt to continue from."""
+    """RUN_DIR resolved, once it is known to hold a config and a checkpoint to continue from, and
+    claimed for this process (aelab.runtime.run_lock): a run whose process lives is refused."""
     run_dir = Path(path).expanduser().resolve()
     if "'" in str(run_dir):
         raise AelabError(f"resume=: the path {run_dir} contains a quote; rename the directory.")
@@ -47,24 +54,81 @@ def resumable_run_dir(path: str) -> Path:
             f"resume={path}: {run_dir} is not a run dir (it has no .hydra/config.yaml). Give the "
             "dir of the run to continue, e.g. resume=outputs/runs/<date>_<time>.<µs>."
         )
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file() and not last.with_name("last.ckpt.prev").is_file():
         raise AelabError(
             f"resume={path}: {run_dir} has no checkpoints/last.ckpt: the run stopped before its "
             "first checkpoint, so there is nothing to continue. Start it again with the overrides "
             "in its .hydra/overrides.yaml."
         )
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file() and json.loads(metrics.read_text()).get("status") == "completed":
+    if run_status(run_dir) == "completed":
         raise AelabError(f"resume={path}: {run_dir} has completed; there is nothing to continue.")
-    refuse_manual_optimization_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    if launch_rank() > 0:
+        return run_dir  # rank zero has claimed the run and checked its checkpoint
+    claim(run_dir, "resume")  # before torch loads: a live run is refused at once
+    from aelab.runtime.checkpoint_io import remove_temporaries
+
+    remove_temporaries(last.parent, every=True)  # the lock is ours: no save of another is running
+    refuse_manual_optimization_checkpoint(last, usable_last_checkpoint(run_dir))
     return run_dir
 
 
-def refuse_manual_optimization_checkpoint(last: Path) -> None:
-    """Checked before Hydra starts, so a refused resume leaves the run's status as it was."""
-    from aelab.models.checkpoint import read_checkpoint  # torch loads only for a resume
+def run_status(run_dir: Path) -> str | None:
+    """The status metrics.json records, or None where there is none to read."""
+    try:
+        status = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return status.get("status") if isinstance(status, dict) else None
 
-    if "gradient_clip_val" in read_checkpoint(last).get("hyper_parameters", {}):
+
+def usable_last_checkpoint(run_dir: Path, required: bool = True) -> dict | None:
+    """The contents of RUN_DIR/checkpoints/last.ckpt. If it cannot be read and last.ckpt.prev (the
+    one saved before it) can, that one takes its place, the damaged file is kept as
+    last.ckpt.unreadable, and stderr says so. None if neither exists and not `required`."""
+    from aelab.models.checkpoint import read_checkpoint  # torch loads only for a resume
+    from aelab.runtime.checkpoint_io import previous_path
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    previous, unreadable = previous_path(last), last.with_name("last.ckpt.unreadable")
+    problems = {}
+    for candidate in (last, previous):
+        if not candidate.is_file():
+            continue
+        try:
+            checkpoint = read_checkpoint(candidate)
+        except AelabError as error:
+            problems[candidate] = str(error)
+            continue
+        except Exception as error:  # read_checkpoint can fail on an error that has no text
+            problems[candidate] = f"{candidate} could not be read ({type(error).__name__})."
+            continue
+        if candidate == previous:
+            if last.exists():
+                os.replace(last, unreadable)
+            os.replace(previous, last)
+            kept = f"; the unreadable file is kept as {unreadable}" if unreadable.exists() else ""
+            print(
+                f"\naelab: {problems.get(last, f'{last} is missing.')} Continuing from the "
+                f"checkpoint saved before it instead (epoch {checkpoint.get('epoch')}, step "
+                f"{checkpoint.get('global_step')}), now {last}{kept}.\n",
+                file=sys.stderr,
+            )
+        return checkpoint
+    if not problems and not required:
+        return None
+    raise AelabError(
+        " ".join(problems.values() or [f"{last} does not exist."])
+        + f" No earlier checkpoint can be read either ({previous.name} keeps the one before "
+        "last.ckpt), so the run cannot continue where it stopped; its status is left as it was. "
+        "Start a new run from its weights instead: python train.py ckpt_path="
+        f"{last.with_name('best.ckpt')} (with the run's overrides from .hydra/overrides.yaml)."
+    )
+
+
+def refuse_manual_optimization_checkpoint(last: Path, checkpoint: dict) -> None:
+    """Checked before Hydra starts, so a refused resume leaves the run's status as it was."""
+    if "gradient_clip_val" in checkpoint.get("hyper_parameters", {}):
         raise AelabError(
             f"{last} was saved by an aelab version whose task stepped the optimizer itself "
             "(manual optimization); Lightning keeps that run's step count where automatic "
