@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from aelab.config.schema import SCHEMAS, check_config, config_problems
 from aelab.errors import AelabError
+from aelab.runtime.run_lock import discard_unused_run_dir
 
 __all__ = ["SCHEMAS", "ValidateConfig", "check_config", "config_problems", "refuse_invalid"]
 
@@ -60,11 +61,3 @@ def refuse_invalid(
 
 def any_job_in(sweep_dir: Path) -> bool:
     return any(p.is_dir() for p in sweep_dir.iterdir())
-
-
-def discard_unused_run_dir(output_dir: Path) -> None:
-    """aelab.runtime.lifecycle's rule (a dir with only .hydra/ and logs goes), without its torch."""
-    if output_dir.is_dir() and all(
-        p.name == ".hydra" or p.suffix == ".log" for p in output_dir.iterdir()
-    ):
-        shutil.rmtree(output_dir, ignore_errors=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from aelab.errors import AelabError
 from aelab.runtime.distributed import export_run_to_children, launch_rank, launch_state_restored
 from aelab.runtime.heap import frozen_heap
 from aelab.runtime.requeue import hand_over
-from aelab.runtime.run_lock import LOCK_NAME
+from aelab.runtime.run_lock import discard_unused_run_dir
 
 log = logging.getLogger("aelab")
 
@@ -104,15 +103,6 @@ def parallel_jobs() -> int:
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def discard_unused_run_dir(output_dir: Path) -> None:
-    """Remove a run dir that holds only what Hydra wrote before we refused the config (and the
-    dir's claim, aelab.runtime.run_lock)."""
-    if output_dir.is_dir() and all(
-        p.name in (".hydra", LOCK_NAME) or p.suffix == ".log" for p in output_dir.iterdir()
-    ):
-        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def guarded(job: Callable[[DictConfig, Path], float | None], cfg: DictConfig) -> float | None:

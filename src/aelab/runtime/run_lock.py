@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -235,3 +236,12 @@ def in_use_message(run_dir: Path, path: Path, holder: dict, purpose: str) -> str
         f"counting {STALE_SECONDS // 60} minutes after its holder last refreshed it (it does "
         f"every {HEARTBEAT_SECONDS} s while it lives); delete {path} only if you know it is gone."
     )
+
+
+def discard_unused_run_dir(output_dir: Path) -> None:
+    """Remove a run dir that holds only what Hydra wrote before we refused the config (and the
+    dir's claim, aelab.runtime.run_lock)."""
+    if output_dir.is_dir() and all(
+        p.name in (".hydra", LOCK_NAME) or p.suffix == ".log" for p in output_dir.iterdir()
+    ):
+        shutil.rmtree(output_dir, ignore_errors=True)
