@@ -19,12 +19,14 @@ from tests.conftest import REPO, compose_config
 def checkpoints(image_folder, tmp_path_factory) -> dict:
     """A smoke-trained checkpoint of each task."""
     paths = {}
-    for task in ("colorization", "reconstruction"):
-        run_dir = tmp_path_factory.mktemp(task)
+    for name in ("colorization", "reconstruction", "colorization-ce"):
+        run_dir = tmp_path_factory.mktemp(name)
+        task, _, loss = name.partition("-")
         overrides = ["debug=smoke", "data=folder", f"data.root={image_folder}", "data.subset=null",
-                     f"paths.cache_dir={run_dir / 'cache'}", f"task={task}", "logger=none"]  # fmt: skip
+                     f"paths.cache_dir={run_dir / 'cache'}", f"task={task}", "logger=none",
+                     *([f"loss={loss}"] if loss else [])]  # fmt: skip
         train(compose_config(overrides, run_dir), run_dir)
-        paths[task] = run_dir / "checkpoints" / "best.ckpt"
+        paths[name] = run_dir / "checkpoints" / "best.ckpt"
     return paths
 
 
@@ -54,6 +56,28 @@ def test_colorize_keeps_size_and_lightness_of_any_image(checkpoints, odd_images,
             assert image.size == original.size and image.mode == "RGB"
         difference = (lightness(written) - lightness(source)).abs()
         assert difference.max() < 1.5 and difference.mean() < 0.4  # L units (0-100): 8-bit rounding
+
+
+def test_colorize_with_a_ce_checkpoint_keeps_size_and_lightness_and_decodes_at_a_temperature(
+    checkpoints, odd_images, tmp_path, capsys
+):
+    ckpt = str(checkpoints["colorization-ce"])
+    written = {}
+    for temperature in ("0", "1"):
+        out = tmp_path / f"t{temperature}"
+        argv = [*map(str, odd_images), "--ckpt", ckpt, "--out-dir", str(out)]
+        assert main("colorization", [*argv, "--temperature", temperature]) == 0
+        for source in odd_images:
+            with Image.open(out / f"{source.stem}.png") as image, Image.open(source) as original:
+                assert image.size == original.size and image.mode == "RGB"
+            difference = (lightness(out / f"{source.stem}.png") - lightness(source)).abs()
+            assert difference.max() < 1.5 and difference.mean() < 0.4
+        with Image.open(out / "photo.png") as image:
+            written[temperature] = np.asarray(image, dtype=np.int16)
+    assert np.abs(written["0"] - written["1"]).max() > 0  # the mode is not the mean
+    argv = [str(odd_images[0]), "--ckpt", ckpt, "--out-dir", str(tmp_path / "bad")]
+    assert main("colorization", [*argv, "--temperature", "-1"]) == 2
+    assert "--temperature must be ≥ 0" in capsys.readouterr().err
 
 
 def test_reconstruct_writes_same_size_rgb(checkpoints, odd_images, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,8 @@ from aelab.data.color import lab_to_rgb_keeping_lightness, rgb_to_lab_normalized
 from aelab.data.image_io import open_image, read_rgb_float
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
-from aelab.models.checkpoint import load_network
+from aelab.models.checkpoint import load_network, read_checkpoint
+from aelab.tasks.colorization import DEFAULT_TEMPERATURE, classifier_logits, decode_bins
 
 
 def read_rgb(path: Path) -> torch.Tensor:
@@ -33,17 +35,47 @@ def read_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(read_rgb_float(path)).permute(2, 0, 1).unsqueeze(0)
 
 
-def run_padded(network: ConvAutoEncoder, inputs: torch.Tensor) -> torch.Tensor:
-    """The network's output at the input's size: pad to a multiple of 2^poolings, then crop."""
-    multiple = 2**network.pooling_stages
+@dataclass(frozen=True)
+class Colorizer:
+    """A colorization network and how its output becomes ab: sigmoid (loss=bce, mse) or the
+    annealed mean over ab bins at `temperature` (loss=ce)."""
+
+    network: ConvAutoEncoder
+    classifies: bool = False
+    temperature: float = DEFAULT_TEMPERATURE
+
+
+def run_padded(network: ConvAutoEncoder | Colorizer, inputs: torch.Tensor) -> torch.Tensor:
+    """The network's output in [0, 1] at the input's size: pad to a multiple of 2^poolings, then
+    crop; a classifying colorizer's bins are decoded to ab at the padded size first."""
+    colorizer = network if isinstance(network, Colorizer) else Colorizer(network)
+    multiple = 2**colorizer.network.pooling_stages
     height, width = inputs.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     padded = F.pad(inputs, (0, pad_w, 0, pad_h), mode="replicate")
     with torch.no_grad():
-        return torch.sigmoid(network(padded))[..., :height, :width]
+        if colorizer.classifies:
+            logits = classifier_logits(colorizer.network, padded)
+            output = decode_bins(logits, colorizer.temperature, padded.shape[-2:])
+        else:
+            output = torch.sigmoid(colorizer.network(padded))
+    return output[..., :height, :width]
 
 
-def colorize(network: ConvAutoEncoder, rgb: torch.Tensor) -> torch.Tensor:
+def load_colorizer(path: Path, temperature: float | None = None) -> Colorizer:
+    """The colorization network of a checkpoint with its decoding: loss=ce checkpoints decode at
+    `temperature`, or at the temperature they were trained with."""
+    network = load_network(path, "colorization")
+    checkpoint = read_checkpoint(path)
+    if checkpoint["aelab"].get("loss") != "ce":
+        return Colorizer(network)
+    if temperature is None:
+        saved = checkpoint.get("hyper_parameters", {}).get("temperature", DEFAULT_TEMPERATURE)
+        temperature = float(saved)
+    return Colorizer(network, classifies=True, temperature=temperature)
+
+
+def colorize(network: ConvAutoEncoder | Colorizer, rgb: torch.Tensor) -> torch.Tensor:
     """RGB (or grey) image → a colour image with the same lightness and predicted a, b."""
     lightness = rgb_to_lab_normalized(rgb)[:, :1]
     return lab_to_rgb_keeping_lightness(torch.cat([lightness, run_padded(network, lightness)], 1))
@@ -123,9 +155,23 @@ def main(task: str, argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace PNGs already in --out-dir (never inputs)"
     )
+    if task == "colorization":
+        parser.add_argument(
+            "--temperature",
+            type=float,
+            default=None,
+            help="loss=ce checkpoints: the annealed mean's temperature (1 the mean, 0 the mode; "
+            "default: the run's task.temperature)",
+        )
     args = parser.parse_args(argv)
     try:
-        network = load_network(args.ckpt, task)
+        temperature = getattr(args, "temperature", None)
+        if temperature is not None and not temperature >= 0:
+            raise AelabError(f"--temperature must be ≥ 0 (0 is the mode), got {temperature}.")
+        if task == "colorization":
+            network = load_colorizer(args.ckpt, temperature)
+        else:
+            network = load_network(args.ckpt, task)
         missing = [str(p) for p in args.inputs if not p.is_file()]
         if missing:
             raise AelabError(f"These input images do not exist: {', '.join(missing)}.")

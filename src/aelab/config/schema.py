@@ -51,9 +51,10 @@ class Activation(Enum):  # aelab.models.autoencoder.ACTIVATIONS
     leaky_relu = "leaky_relu"
 
 
-class Loss(Enum):  # aelab.tasks.losses.LOSSES
+class Loss(Enum):  # aelab.tasks.losses.LOSSES and CLASSIFICATION_LOSSES
     bce = "bce"
     mse = "mse"
+    ce = "ce"
 
 
 class EvalSplit(Enum):  # aelab.runtime.evaluate.TRAINER_METHODS
@@ -116,6 +117,20 @@ class ModelSchema:
 @dataclass
 class TaskSchema:
     loss: Loss = Loss.bce
+    rebalance: float = field(
+        default=0.5,
+        metadata=rule(
+            "a number from 0 to 1 (λ of the class rebalancing; 0 turns it off)",
+            lambda v: 0 <= v <= 1,
+        ),
+    )
+    temperature: float = field(
+        default=0.38,
+        metadata=rule(
+            "a number ≥ 0 (the annealed mean's temperature: 1 the mean, 0 the mode)",
+            lambda v: v >= 0,
+        ),
+    )
 
 
 @dataclass
@@ -222,9 +237,31 @@ def _value_problem(node: DictConfig, checked: DictConfig, spec, key: str) -> str
 
 
 def _cross_problems(cfg: DictConfig, nodes: dict[str, type]) -> list[str]:
-    """Rules between two keys: the pooled split's fractions leave images to train on."""
+    """Rules between two keys: loss=ce is colorization's; the pooled split's fractions leave
+    images to train on."""
+    problems = _loss_problems(cfg) if "task" in nodes else []
     if "data" not in nodes:
+        return problems
+    return problems + _split_problems(cfg)
+
+
+def _loss_problems(cfg: DictConfig) -> list[str]:
+    task = OmegaConf.select(cfg, "task", throw_on_resolution_failure=False)
+    if not isinstance(task, DictConfig):
         return []
+    try:
+        target, loss = task.get("_target_"), task.get("loss")
+    except InterpolationResolutionError:
+        return []
+    if loss == "ce" and isinstance(target, str) and not target.endswith("ColorizationTask"):
+        return [
+            "loss=ce: classification over quantized ab is for task=colorization only; with "
+            "task=reconstruction use loss=bce or loss=mse"
+        ]
+    return []
+
+
+def _split_problems(cfg: DictConfig) -> list[str]:
     data = OmegaConf.select(cfg, "data", throw_on_resolution_failure=False)
     if not isinstance(data, DictConfig) or data.get("split", "pooled") != "pooled":
         return []

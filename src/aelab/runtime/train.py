@@ -83,9 +83,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
         raise AelabError(f"optimizer.lr must be positive, got {lr}; e.g. optimizer.lr=1e-3.")
     check_optimizer_arguments(cfg.optimizer)
     task_class = get_class(cfg.task._target_)
-    model = _instantiate(
-        cfg.model, in_channels=task_class.in_channels, out_channels=task_class.out_channels
-    )
+    out_channels = task_class.output_channels(cfg.task.get("loss", "bce"))  # loss=ce: one per bin
+    model = _instantiate(cfg.model, in_channels=task_class.in_channels, out_channels=out_channels)
     datamodule = _instantiate(cfg.data, color_space=task_class.color_space)
     size = datamodule.image_size
     if size % 2**model.pooling_stages:

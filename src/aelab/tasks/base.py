@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric
 
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
-from aelab.tasks.losses import LOSSES
+from aelab.tasks.losses import CLASSIFICATION_LOSSES, LOSSES
 from aelab.tasks.metrics import ScoreMeans
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -29,6 +29,7 @@ class AutoEncoderTask(L.LightningModule):
     in_channels: int = 3
     out_channels: int = 3
     score_names: tuple[str, ...] = ()
+    accepted_losses: tuple[str, ...] = tuple(LOSSES)
 
     def __init__(
         self,
@@ -41,15 +42,22 @@ class AutoEncoderTask(L.LightningModule):
         """`model` is the network, or its config() as saved in a checkpoint's hyperparameters;
         `scheduler` is Lightning's lr_scheduler dict with a factory under "scheduler"."""
         super().__init__()
-        if loss not in LOSSES:
-            raise AelabError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}.")
+        if loss in CLASSIFICATION_LOSSES and loss not in self.accepted_losses:
+            raise AelabError(
+                f"loss={loss} (classification over quantized ab) is for task=colorization only; "
+                f"the {self.name} task takes loss={' or loss='.join(self.accepted_losses)}."
+            )
+        if loss not in self.accepted_losses:
+            raise AelabError(f"loss must be one of {list(self.accepted_losses)}, got {loss!r}.")
         if isinstance(model, Mapping):
             model = ConvAutoEncoder(**model)
-        if (model.in_channels, model.out_channels) != (self.in_channels, self.out_channels):
+        out_channels = self.output_channels(loss)
+        if (model.in_channels, model.out_channels) != (self.in_channels, out_channels):
             raise AelabError(
-                f"The {self.name} task needs a network with {self.in_channels} input and "
-                f"{self.out_channels} output channels, got {model.in_channels} and "
-                f"{model.out_channels}; build it with {type(self).__name__}.in_channels/out_channels."
+                f"The {self.name} task with loss={loss} needs a network with {self.in_channels} "
+                f"input and {out_channels} output channels, got {model.in_channels} and "
+                f"{model.out_channels}; build it with {type(self).__name__}.in_channels and "
+                f"output_channels(loss)."
             )
         # Plain types only, so load_from_checkpoint rebuilds the task even under weights_only.
         self.save_hyperparameters(
@@ -62,7 +70,7 @@ class AutoEncoderTask(L.LightningModule):
             channels_last = False
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
-        self.loss_fn = LOSSES[loss]
+        self.loss_fn = self.make_loss(loss)
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.scheduler_config = dict(scheduler) if scheduler else None
         stages = ("val", "test")
@@ -78,6 +86,15 @@ class AutoEncoderTask(L.LightningModule):
         self._loss_epoch: int | None = None  # the epoch of a sum loaded from a checkpoint
 
     # What a task defines ------------------------------------------------------------------------
+    @classmethod
+    def output_channels(cls, loss: str) -> int:
+        """The network's output channels for this loss (what runtime.train.build builds)."""
+        return cls.out_channels
+
+    def make_loss(self, loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """loss(logits, targets) → a scalar; called once the module is initialised."""
+        return LOSSES[loss]
+
     def split_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) from a batch in the task's colour space."""
         raise NotImplementedError

@@ -1,12 +1,48 @@
-"""Colorization: lightness L in, chrominance a and b out, all in normalised Lab."""
+"""Colorization: lightness L in, chrominance a and b out, all in normalised Lab.
+
+With loss=bce or mse the network regresses a and b (two sigmoid outputs). With loss=ce it
+classifies each pixel's ab into the quantized bins of aelab.tasks.ab_bins (one logit per bin, at
+half resolution when the network pools), and the annealed mean at task.temperature decodes it.
+"""
 
 from __future__ import annotations
 
+import logging
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from aelab.data.color import lab_normalized_to_rgb, unnormalize_lab
-from aelab.tasks import metrics
-from aelab.tasks.base import AutoEncoderTask
+from aelab.models import ConvAutoEncoder
+from aelab.tasks import ab_bins, metrics
+from aelab.tasks.base import AutoEncoderTask, OptimizerFactory
+from aelab.tasks.losses import LOSSES
+
+log = logging.getLogger("aelab")
+
+DEFAULT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean
+DEFAULT_REBALANCE = 0.5  # Zhang et al.'s λ
+
+
+def classifier_logits(network: ConvAutoEncoder, lightness: torch.Tensor) -> torch.Tensor:
+    """The network's bin logits with its last upsampling left out: the Q-channel head runs at half
+    the resolution (a quarter of its cost); the decoded ab is upsampled instead."""
+    layers = list(network.decoder)
+    if len(layers) >= 2 and isinstance(layers[-2], nn.Upsample):
+        del layers[-2]
+    hidden = network.encoder(lightness)
+    for layer in layers:
+        hidden = layer(hidden)
+    return hidden
+
+
+def decode_bins(logits: torch.Tensor, temperature: float, size: tuple[int, int]) -> torch.Tensor:
+    """Bin logits → normalised ab (B, 2, *size): annealed mean, then bilinear to the image size."""
+    ab = ab_bins.annealed_mean(logits, temperature)
+    if ab.shape[-2:] != tuple(size):
+        ab = F.interpolate(ab, size=tuple(size), mode="bilinear", align_corners=False)
+    return ab
 
 
 class ColorizationTask(AutoEncoderTask):
@@ -14,7 +50,61 @@ class ColorizationTask(AutoEncoderTask):
     color_space = "lab"
     in_channels = 1
     out_channels = 2
-    score_names = ("ab_mse", "psnr", "ssim", "delta_e", "chroma", "chroma_true")
+    accepted_losses = (*LOSSES, "ce")
+    score_names = (
+        "ab_mse", "psnr", "ssim", "delta_e", "chroma", "chroma_true",
+        "colorfulness", "colorfulness_true", "auc", "auc_rebalanced",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        model: ConvAutoEncoder | dict,
+        loss: str = "bce",
+        optimizer: OptimizerFactory | None = None,
+        scheduler: dict | None = None,
+        channels_last: bool = True,
+        rebalance: float = DEFAULT_REBALANCE,
+        temperature: float = DEFAULT_TEMPERATURE,
+    ) -> None:
+        """`rebalance` (λ) and `temperature` (T) act with loss=ce; the bins' training prior
+        weighs the rebalanced AuC of every loss."""
+        super().__init__(model, loss, optimizer, scheduler, channels_last)
+        self.hparams.update(rebalance=float(rebalance), temperature=float(temperature))
+        self.bins = ab_bins.BinTables(rebalance)
+        self.classifies = loss == "ce"
+
+    @classmethod
+    def output_channels(cls, loss: str) -> int:
+        return ab_bins.bin_count() if loss == "ce" else cls.out_channels
+
+    def make_loss(self, loss: str):
+        return self._cross_entropy if loss == "ce" else LOSSES[loss]
+
+    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.bins.cross_entropy(logits, targets)
+
+    def setup(self, stage: str) -> None:
+        """The training split's ab prior (cached under data.cache_dir), for the rebalancing
+        weights and the rebalanced AuC; without an aelab DataModule the prior stays uniform."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        splits = getattr(datamodule, "splits", None)
+        if not splits or "train" not in splits:
+            log.warning("No training split to draw the ab prior from: rebalancing is uniform.")
+            return
+        prior = ab_bins.training_prior(
+            splits["train"], datamodule.to_model_space, getattr(datamodule, "cache_dir", None)
+        )
+        self.bins.set_prior(prior)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.contiguous(memory_format=self.memory_format)
+        return classifier_logits(self.model, inputs) if self.classifies else self.model(inputs)
+
+    def predict_ab(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Normalised ab (B, 2, *size) from the network's logits, whatever the loss."""
+        if logits.shape[1] == self.out_channels:  # regression (or the grey baseline)
+            return torch.sigmoid(logits.float())
+        return decode_bins(logits, self.hparams.temperature, size)
 
     def split_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return batch[:, :1], batch[:, 1:]
@@ -23,7 +113,7 @@ class ColorizationTask(AutoEncoderTask):
         self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """ab error in normalised units; the rest on the image rebuilt with the true L."""
-        predicted_ab = torch.sigmoid(logits)
+        predicted_ab = self.predict_ab(logits, targets.shape[-2:])
         predicted = torch.cat([inputs, predicted_ab], dim=1)
         truth = torch.cat([inputs, targets], dim=1)
         predicted_rgb, true_rgb = lab_normalized_to_rgb(predicted), lab_normalized_to_rgb(truth)
@@ -35,14 +125,20 @@ class ColorizationTask(AutoEncoderTask):
             "delta_e": metrics.delta_e76(predicted_lab, true_lab),
             "chroma": metrics.chroma(predicted_lab),
             "chroma_true": metrics.chroma(true_lab),
+            "colorfulness": metrics.colorfulness(predicted_rgb),
+            "colorfulness_true": metrics.colorfulness(true_rgb),
+            "auc": metrics.ab_auc(predicted_lab, true_lab),
+            "auc_rebalanced": metrics.ab_auc(predicted_lab, true_lab, self.bins.rarity(targets)),
         }
 
     def baseline_logits(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The grayscale prediction a = b = 0, i.e. normalised ab = 0.5, i.e. logits = 0."""
+        """The grayscale prediction a = b = 0, i.e. normalised ab = 0.5, i.e. logits = 0 (two
+        channels: predict_ab reads them as regression logits whatever the loss)."""
         return torch.zeros_like(targets)
 
     def preview_rows(self, batch: torch.Tensor) -> list[torch.Tensor]:
         lightness = batch[:, :1]
         gray = torch.cat([lightness, torch.full_like(batch[:, 1:], 0.5)], dim=1)
-        predicted = torch.cat([lightness, torch.sigmoid(self(lightness).float())], dim=1)
+        predicted_ab = self.predict_ab(self(lightness).float(), batch.shape[-2:])
+        predicted = torch.cat([lightness, predicted_ab], dim=1)
         return [lab_normalized_to_rgb(image) for image in (gray, predicted, batch)]

@@ -16,4 +16,19 @@ def mse_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(torch.sigmoid(logits), target)
 
 
+def soft_cross_entropy(
+    logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, pixel_weight: torch.Tensor
+) -> torch.Tensor:
+    """Mean over pixels of pixel_weight × cross-entropy against a sparse soft target.
+
+    logits (B, Q, H, W); the target of each pixel puts weight[:, k] on class index[:, k]
+    (both (B, K, H, W), K ≪ Q, weights summing to 1); pixel_weight (B, H, W).
+    """
+    log_probabilities = torch.log_softmax(logits.float(), dim=1)
+    per_pixel = -(log_probabilities.gather(1, index) * weight).sum(1)
+    return (per_pixel * pixel_weight).mean()
+
+
 LOSSES = {"bce": bce_loss, "mse": mse_loss}
+# Classification over quantized ab (aelab.tasks.ab_bins): its tables live on the colorization task.
+CLASSIFICATION_LOSSES = ("ce",)

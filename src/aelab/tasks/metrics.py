@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 MAX_PSNR_DB = 100.0  # a perfect image has infinite psnr; cap it so means stay finite
+AUC_MAX_ERROR = 150.0  # Zhang et al.'s AuC: ab error thresholds from 0 to 150
 
 
 def float32(score: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -85,6 +86,31 @@ def delta_e76(lab_prediction: torch.Tensor, lab_target: torch.Tensor) -> torch.T
 def chroma(lab: torch.Tensor) -> torch.Tensor:
     """Per-image mean chroma √(a² + b²): how colourful, whatever the hue."""
     return lab[:, 1:].square().sum(1).sqrt().flatten(1).mean(1)
+
+
+@float32
+def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
+    """Per-image colourfulness of Hasler and Süsstrunk (2003) on 0-255 sRGB: σ_rgyb + 0.3·μ_rgyb
+    with rg = R − G and yb = (R + G)/2 − B (0 for a grey image)."""
+    red, green, blue = (rgb * 255).unbind(1)
+    rg, yb = (red - green).flatten(1), (0.5 * (red + green) - blue).flatten(1)
+    spread = (rg.var(1, unbiased=False) + yb.var(1, unbiased=False)).sqrt()
+    return spread + 0.3 * (rg.mean(1).square() + yb.mean(1).square()).sqrt()
+
+
+@float32
+def ab_auc(
+    lab_prediction: torch.Tensor, lab_target: torch.Tensor, pixel_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-image AuC (%) of the curve 'fraction of pixels whose ab error is within t' over
+    t ∈ [0, 150], normalised to 100 %: a pixel contributes max(0, 1 − error/150).
+    With pixel_weight (B, H, W) the fraction is weighted (class-rebalanced AuC)."""
+    error = (lab_prediction[:, 1:] - lab_target[:, 1:]).square().sum(1).sqrt()
+    within = (1 - error / AUC_MAX_ERROR).clamp_min(0).flatten(1)
+    if pixel_weight is None:
+        return 100 * within.mean(1)
+    weight = pixel_weight.flatten(1)
+    return 100 * (within * weight).sum(1) / weight.sum(1)
 
 
 class ScoreMeans(nn.Module):
