@@ -1,12 +1,16 @@
 # `make train ARGS="loss=mse pooling=none"` and `make test` create .venv on first use.
+# `make SYSTEM_TORCH=1 ...` creates it with --system-site-packages: an installed torch (a CUDA
+# build, say) satisfies the requirement and is reused instead of downloaded again.
 VENV ?= .venv
+SYSTEM_TORCH ?=
+VENV_FLAGS := $(if $(SYSTEM_TORCH),--system-site-packages,)
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: train test lint format benchmark clean
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
+	python3 -m venv $(VENV_FLAGS) $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)

@@ -60,7 +60,8 @@ class ImageDataModule(L.LightningDataModule):
         if not root:
             raise AelabError(
                 f"data={source} needs data.root=PATH: the directory that holds the images "
-                "(PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg)."
+                "(PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg). To set it once for this "
+                "machine, copy configs/local/default.yaml.example to configs/local/default.yaml."
             )
         check_split_settings(split, val_fraction, test_fraction, subset)
         self.source, self.root, self.download = source, root, download
