@@ -261,21 +261,31 @@ def measure(
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     results: Rates = {}
     within: WithinRun = {}
-    for task in tasks:
+    measured = {}
+    for task in tasks:  # a task may carry its own overrides: "colorization loss=ce"
+        name, *own = task.split()
         overrides = [
-            f"task={task}",
+            f"task={name}",
             "data=folder",
             f"data.root={root}",
             f"trainer.accelerator={accelerator}",
             "+trainer.limit_val_batches=2",
             *extra_overrides,
+            *own,
         ]
-        runs = {
-            "aelab": partial(aelab_rates, overrides, epochs, batches),
-            "floor": partial(floor_rates, overrides, epochs, batches, device),
-            "recipe": partial(recipe_rates, overrides, root, epochs, batches, accelerator, workers),
-        }
-        for repeat in range(repeats):
+        measured[task] = (
+            overrides,
+            {
+                "aelab": partial(aelab_rates, overrides, epochs, batches),
+                "floor": partial(floor_rates, overrides, epochs, batches, device),
+                "recipe": partial(
+                    recipe_rates, overrides, root, epochs, batches, accelerator, workers
+                ),
+            },
+        )
+    # Repeat by repeat over the tasks, so that the variants compared see the same spells.
+    for repeat in range(repeats):
+        for task, (overrides, runs) in measured.items():
             order = () if within_only else PATHS if repeat % 2 == 0 else PATHS[::-1]
             for path in order:
                 results.setdefault((task, path), []).append(runs[path]()[1:])
@@ -366,6 +376,15 @@ def main(argv: list[str] | None = None) -> str:
         help="measure this task (give it twice for both; default: both)",
     )
     parser.add_argument(
+        "--loss",
+        action="append",
+        dest="losses",
+        choices=("bce", "mse", "ce"),
+        help="measure each task with this loss (give it twice to compare, e.g. --task "
+        "colorization --loss mse --loss ce: the rows become 'colorization loss=mse' and "
+        "'colorization loss=ce', measured in turn)",
+    )
+    parser.add_argument(
         "--epochs", type=int, default=2, help="epochs per run; the first is warm-up"
     )
     parser.add_argument(
@@ -397,9 +416,12 @@ def main(argv: list[str] | None = None) -> str:
     accelerator = args.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    tasks = args.tasks or list(TASKS)
+    if args.losses:
+        tasks = [f"{task} loss={loss}" for task in tasks for loss in args.losses]
     results, within = measure(
         args.root,
-        args.tasks or list(TASKS),
+        tasks,
         args.repeats,
         args.epochs,
         args.batches,

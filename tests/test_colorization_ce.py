@@ -135,7 +135,7 @@ def test_the_ce_task_builds_a_bin_head_and_scores_the_grey_baseline_alike():
     lab = rgb_to_lab_normalized(torch.rand(3, 3, 32, 32))
     inputs, targets = task.split_batch(lab)
     logits = task(inputs)
-    assert logits.shape == (3, Q, 16, 16)  # the head at half resolution
+    assert logits.shape == (3, Q, 8, 8)  # the head at a quarter of the size (ce_stride=4)
     scores = task.compute_scores(inputs, targets, logits)
     assert set(scores) == set(task.score_names) and all(v.shape == (3,) for v in scores.values())
     grey = task.compute_scores(inputs, targets, task.baseline_logits(inputs, targets))
@@ -149,13 +149,26 @@ def test_the_ce_task_builds_a_bin_head_and_scores_the_grey_baseline_alike():
         ColorizationTask(ConvAutoEncoder(in_channels=1, out_channels=2), loss="ce")
 
 
+def test_the_bin_head_runs_at_one_over_the_stride_and_at_one_is_the_network_itself():
+    from aelab.tasks.colorization import classifier_logits
+
+    torch.manual_seed(0)
+    lightness = torch.rand(2, 1, 32, 32)
+    network = ConvAutoEncoder(in_channels=1, out_channels=Q)
+    assert torch.equal(classifier_logits(network, lightness, 1), network(lightness))
+    assert classifier_logits(network, lightness, 2).shape == (2, Q, 16, 16)
+    assert classifier_logits(network, lightness, 4).shape == (2, Q, 8, 8)
+    flat = ConvAutoEncoder(in_channels=1, out_channels=Q, pooling="none")
+    assert torch.equal(classifier_logits(flat, lightness, 4), flat(lightness))  # nothing to skip
+
+
 def test_loss_ce_with_reconstruction_is_refused_in_one_line(tmp_path):
     cfg = compose_config(["loss=ce"], tmp_path)
     (problem,) = config_problems(cfg, SCHEMAS["train"])
     assert "loss=ce: classification over quantized ab is for task=colorization only" in problem
     assert config_problems(compose_config(["loss=ce", "task=colorization"], tmp_path),
                            SCHEMAS["train"]) == []  # fmt: skip
-    for bad in ("task.rebalance=1.5", "task.temperature=-1"):
+    for bad in ("task.rebalance=1.5", "task.temperature=-1", "task.ce_stride=3"):
         (problem,) = config_problems(compose_config(["task=colorization", bad], tmp_path),
                                      SCHEMAS["train"])  # fmt: skip
         assert problem.startswith(bad)

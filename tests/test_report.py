@@ -198,14 +198,25 @@ def test_a_colorization_run_is_tabled_against_the_grayscale_prediction(smoke_ove
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
     report = write_report(run_dir).read_text()
     rows = {row["status"]: row for row in table_rows(report)}
-    assert set(rows) == {"completed", "baseline"}
+    assert set(rows) == {"completed", "baseline", "truth"}
     for status, prefix in (("completed", ""), ("baseline", "baseline/")):
         assert rows[status]["RGB psnr (dB)"] == f"{test[prefix + 'psnr']:.2f}"
         assert rows[status]["ΔE"] == f"{test[prefix + 'delta_e']:.2f}"
         assert rows[status]["chroma"] == f"{test[prefix + 'chroma']:.2f}"
+        assert rows[status]["colorfulness"] == f"{test[prefix + 'colorfulness']:.2f}"
+        assert rows[status]["AuC (%)"] == f"{test[prefix + 'auc']:.2f}"
+        assert rows[status]["rebalanced AuC (%)"] == f"{test[prefix + 'auc_rebalanced']:.2f}"
     assert rows["baseline"]["overrides"] == "grayscale (a = b = 0)"
+    assert rows["truth"]["chroma"] == f"{test['chroma_true']:.2f}"
+    assert rows["truth"]["colorfulness"] == f"{test['colorfulness_true']:.2f}"
+    assert rows["truth"]["RGB psnr (dB)"] == "—"
     assert f"the true colours have {test['chroma_true']:.2f}" in report
     assert "rows: the gray input, the predicted colours, the true colours" in report
+    # The figure: 8 test images as rows; grey input | the run | truth as columns.
+    (grid,) = re.findall(r"\]\((figures/colorized_1_colorization\.png)\)", report)
+    with Image.open(run_dir / grid) as image:
+        assert image.format == "PNG" and image.height > image.width  # 8 rows, 3 columns
+    assert (run_dir / grid).stat().st_size < 300_000
 
 
 def fake_run(run_dir: Path, metrics: str | None, config_text: str | None = None) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from matplotlib.figure import Figure
 
 from aelab.analysis.runs import Curve
@@ -37,3 +38,20 @@ def plot_losses(curves: dict[str, Curve], loss: str, path: Path, title: str) -> 
         return False
     plot_curves(lines, path, title, f"{loss} loss")
     return True
+
+
+def plot_image_grid(columns: dict[str, torch.Tensor], path: Path, title: str = "") -> None:
+    """Images as a grid: one column per named (N, 3, H, W) batch in [0, 1], one row per image."""
+    names = list(columns)
+    rows = len(next(iter(columns.values())))
+    figure = Figure(figsize=(1.15 * len(names), 1.0 * rows + 0.5), layout="constrained")
+    axes = figure.subplots(rows, len(names), squeeze=False)
+    for column, name in enumerate(names):
+        images = columns[name].clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        for row in range(rows):
+            axes[row][column].imshow(images[row], interpolation="nearest")
+            axes[row][column].set_axis_off()
+        axes[0][column].set_title(name, fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.savefig(path, dpi=90)

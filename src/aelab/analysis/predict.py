@@ -22,7 +22,12 @@ from aelab.data.image_io import open_image, read_rgb_float
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 from aelab.models.checkpoint import load_network, read_checkpoint
-from aelab.tasks.colorization import DEFAULT_TEMPERATURE, classifier_logits, decode_bins
+from aelab.tasks.colorization import (
+    DEFAULT_STRIDE,
+    DEFAULT_TEMPERATURE,
+    classifier_logits,
+    decode_bins,
+)
 
 
 def read_rgb(path: Path) -> torch.Tensor:
@@ -43,6 +48,7 @@ class Colorizer:
     network: ConvAutoEncoder
     classifies: bool = False
     temperature: float = DEFAULT_TEMPERATURE
+    stride: int = DEFAULT_STRIDE
 
 
 def run_padded(network: ConvAutoEncoder | Colorizer, inputs: torch.Tensor) -> torch.Tensor:
@@ -55,7 +61,7 @@ def run_padded(network: ConvAutoEncoder | Colorizer, inputs: torch.Tensor) -> to
     padded = F.pad(inputs, (0, pad_w, 0, pad_h), mode="replicate")
     with torch.no_grad():
         if colorizer.classifies:
-            logits = classifier_logits(colorizer.network, padded)
+            logits = classifier_logits(colorizer.network, padded, colorizer.stride)
             output = decode_bins(logits, colorizer.temperature, padded.shape[-2:])
         else:
             output = torch.sigmoid(colorizer.network(padded))
@@ -69,10 +75,11 @@ def load_colorizer(path: Path, temperature: float | None = None) -> Colorizer:
     checkpoint = read_checkpoint(path)
     if checkpoint["aelab"].get("loss") != "ce":
         return Colorizer(network)
+    hyperparameters = checkpoint.get("hyper_parameters", {})
     if temperature is None:
-        saved = checkpoint.get("hyper_parameters", {}).get("temperature", DEFAULT_TEMPERATURE)
-        temperature = float(saved)
-    return Colorizer(network, classifies=True, temperature=temperature)
+        temperature = float(hyperparameters.get("temperature", DEFAULT_TEMPERATURE))
+    stride = int(hyperparameters.get("ce_stride", DEFAULT_STRIDE))
+    return Colorizer(network, classifies=True, temperature=temperature, stride=stride)
 
 
 def colorize(network: ConvAutoEncoder | Colorizer, rgb: torch.Tensor) -> torch.Tensor:

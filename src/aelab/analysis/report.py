@@ -21,9 +21,11 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from aelab.analysis.baselines import binary_entropy_floor, reconstruction_baselines, to_unit
-from aelab.analysis.figures import plot_curves, plot_losses
+from aelab.analysis.figures import plot_curves, plot_image_grid, plot_losses
+from aelab.analysis.predict import colorize, load_colorizer
 from aelab.analysis.runs import Run, describe_differences, find_runs, read_curves
 from aelab.data import ImageDataModule
+from aelab.data.color import lab_normalized_to_rgb, rgb_to_lab_normalized
 from aelab.errors import AelabError
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ SCORE_COLUMNS = {
         ("ssim", "ssim", 4),
         ("delta_e", "ΔE", 2),
         ("chroma", "chroma", 2),
+        ("colorfulness", "colorfulness", 2),
+        ("auc", "AuC (%)", 2),
+        ("auc_rebalanced", "rebalanced AuC (%)", 2),
         ("ab_mse", "ab mse", 5),
     ],
 }
@@ -49,6 +54,7 @@ PREVIEW_CAPTIONS = {
     "reconstruction": "val images (top) over their reconstructions (bottom)",
     "colorization": "rows: the gray input, the predicted colours, the true colours",
 }
+FIGURE_IMAGES = 8  # test images in the colorization figure: the first of the test split
 DATA_KEYS = (
     "source",
     "root",
@@ -249,6 +255,43 @@ def group_section(group: Group, labels: dict[str, str], directory: Path, chart: 
     if curves:
         plot_curves(curves, chart, f"{group.task}: validation psnr per epoch", "val psnr (dB)")
         lines += [f"![val psnr per epoch]({_link(chart, directory)})", ""]
+    if group.task == "colorization":
+        grid = chart.with_name(chart.name.replace("val_psnr", "colorized"))
+        lines += colorization_figure(group, labels, directory, grid)
+    return lines
+
+
+def colorization_figure(
+    group: Group, labels: dict[str, str], directory: Path, path: Path
+) -> list[str]:
+    """The first test images as rows: grey input | each completed run's colours | truth, each
+    run's best checkpoint decoded as scripts/colorize.py does (its own temperature for loss=ce)."""
+    done = [run for run in group.runs if run.completed and run.metrics.get("best_checkpoint")]
+    if not done:
+        return []
+    try:
+        images = to_unit(load_splits(group.data)["test"][:FIGURE_IMAGES])
+    except AelabError as error:
+        return [f"Colorized test images skipped: the runs' data could not be loaded. {error}", ""]
+    lab = rgb_to_lab_normalized(images)
+    grey = lab_normalized_to_rgb(torch.cat([lab[:, :1], torch.full_like(lab[:, 1:], 0.5)], 1))
+    columns, skipped = {"grey input": grey}, []
+    for run in done:
+        try:
+            colorizer = load_colorizer(run.path / run.metrics["best_checkpoint"])
+        except AelabError as error:
+            skipped.append(f"`{run.name}` ({error})")
+            continue
+        columns[f"{run.name}: {labels[run.name]}"] = colorize(colorizer, images)
+    columns["truth"] = images
+    plot_image_grid(columns, path)
+    caption = (
+        f"the first {len(images)} test images; columns: the grey input, each run's colours "
+        "(best checkpoint), the true colours"
+    )
+    lines = [f"![{caption}]({_link(path, directory)})", "", f"*{caption}*", ""]
+    if skipped:
+        lines += [f"Left out of the figure: {'; '.join(skipped)}.", ""]
     return lines
 
 
@@ -320,12 +363,22 @@ def colorization_baselines(done: list[Run]) -> Baselines:
     if not scores:
         return Baselines()
     row = Row("baseline", "grayscale (a = b = 0)", "baseline", scores, parameters=0)
+    truth_scores = {
+        name: test[f"{name}_true"]
+        for name in ("chroma", "colorfulness")
+        if isinstance(test.get(f"{name}_true"), int | float)
+    }
+    truth = Row("truth", "the true colours", "truth", truth_scores)
     note = (
         "ΔE: mean CIE76 colour difference from the true image (Lab units). chroma: mean √(a² + b²) "
         f"of the predicted colours; the true colours have {test.get('chroma_true', float('nan')):.2f}, "
-        "so a chroma far below it means washed-out, near-gray predictions."
+        "so a chroma far below it means washed-out, near-gray predictions. colorfulness: Hasler "
+        "and Süsstrunk's (2003) measure on 0-255 RGB. AuC: the area under the curve of the "
+        "fraction of pixels whose ab error is within t, for t from 0 to 150 (Zhang et al. 2016), "
+        "in %; rebalanced: pixels weighted by the inverse training frequency of their ab bin, so "
+        "rare (saturated) colours count as much as common (greyish) ones."
     )
-    return Baselines([row], notes=[note])
+    return Baselines([row, truth], notes=[note])
 
 
 def markdown_table(rows: list[Row], score_columns: list[tuple[str, str, int]]) -> list[str]:
@@ -333,7 +386,8 @@ def markdown_table(rows: list[Row], score_columns: list[tuple[str, str, int]]) -
     headers += ["latent", "compression", "parameters", "s/epoch", "note"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [f"`{row.run}`" if row.status != "baseline" else "baseline", row.label, row.status]
+        reference = row.status in ("baseline", "truth")
+        cells = [row.status if reference else f"`{row.run}`", row.label, row.status]
         cells += [_number(row.scores.get(key), digits) for key, _, digits in score_columns]
         cells += [
             _number(row.latent_size, 0),

@@ -124,6 +124,13 @@ class TaskSchema:
             lambda v: 0 <= v <= 1,
         ),
     )
+    ce_stride: int = field(
+        default=4,
+        metadata=rule(
+            "1, 2 or 4 (loss=ce: logits at 1/ce_stride of the image size)",
+            lambda v: v in (1, 2, 4),
+        ),
+    )
     temperature: float = field(
         default=0.38,
         metadata=rule(

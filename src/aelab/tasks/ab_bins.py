@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -182,7 +183,7 @@ def training_prior(images: torch.Tensor, to_lab, cache_dir: str | Path | None) -
     if cache_file is not None:
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_suffix(".tmp")
+            partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")  # per writer
             torch.save(prior, partial)
             partial.replace(cache_file)
         except OSError as error:  # an unwritable cache costs a recount next time, not this run

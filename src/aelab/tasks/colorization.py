@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aelab.data.color import lab_normalized_to_rgb, unnormalize_lab
+from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 from aelab.tasks import ab_bins, metrics
 from aelab.tasks.base import AutoEncoderTask, OptimizerFactory
@@ -23,14 +24,21 @@ log = logging.getLogger("aelab")
 
 DEFAULT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean
 DEFAULT_REBALANCE = 0.5  # Zhang et al.'s λ
+DEFAULT_STRIDE = 4  # logits at a quarter of the image size, as Zhang et al. predict
+STRIDES = (1, 2, 4)
 
 
-def classifier_logits(network: ConvAutoEncoder, lightness: torch.Tensor) -> torch.Tensor:
-    """The network's bin logits with its last upsampling left out: the Q-channel head runs at half
-    the resolution (a quarter of its cost); the decoded ab is upsampled instead."""
+def classifier_logits(
+    network: ConvAutoEncoder, lightness: torch.Tensor, stride: int = DEFAULT_STRIDE
+) -> torch.Tensor:
+    """The network's bin logits at 1/stride of the input's size: its last log2(stride)
+    upsamplings left out (as many as it has), so the Q-channel head runs on fewer pixels; the
+    decoded ab is upsampled instead (decode_bins)."""
+    skip = max(int(stride).bit_length() - 1, 0)
     layers = list(network.decoder)
-    if len(layers) >= 2 and isinstance(layers[-2], nn.Upsample):
-        del layers[-2]
+    upsamplings = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample)]
+    for index in reversed(upsamplings[len(upsamplings) - skip :] if skip else []):
+        del layers[index]
     hidden = network.encoder(lightness)
     for layer in layers:
         hidden = layer(hidden)
@@ -65,11 +73,16 @@ class ColorizationTask(AutoEncoderTask):
         channels_last: bool = True,
         rebalance: float = DEFAULT_REBALANCE,
         temperature: float = DEFAULT_TEMPERATURE,
+        ce_stride: int = DEFAULT_STRIDE,
     ) -> None:
-        """`rebalance` (λ) and `temperature` (T) act with loss=ce; the bins' training prior
-        weighs the rebalanced AuC of every loss."""
+        """`rebalance` (λ), `temperature` (T) and `ce_stride` (logits at 1/ce_stride of the image
+        size) act with loss=ce; the bins' training prior weighs the rebalanced AuC of every loss."""
         super().__init__(model, loss, optimizer, scheduler, channels_last)
-        self.hparams.update(rebalance=float(rebalance), temperature=float(temperature))
+        if ce_stride not in STRIDES:
+            raise AelabError(f"task.ce_stride must be one of {list(STRIDES)}, got {ce_stride!r}.")
+        self.hparams.update(
+            rebalance=float(rebalance), temperature=float(temperature), ce_stride=int(ce_stride)
+        )
         self.bins = ab_bins.BinTables(rebalance)
         self.classifies = loss == "ce"
 
@@ -98,7 +111,9 @@ class ColorizationTask(AutoEncoderTask):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         inputs = inputs.contiguous(memory_format=self.memory_format)
-        return classifier_logits(self.model, inputs) if self.classifies else self.model(inputs)
+        if self.classifies:
+            return classifier_logits(self.model, inputs, self.hparams.ce_stride)
+        return self.model(inputs)
 
     def predict_ab(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Normalised ab (B, 2, *size) from the network's logits, whatever the loss."""
