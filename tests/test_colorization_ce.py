@@ -126,6 +126,11 @@ def test_colorfulness_and_auc_scores():
     weight[0, 0] = 3  # the bad row weighs 3 of 6 rows' worth
     assert torch.isclose(metrics.ab_auc(off, truth)[0], torch.tensor(50.0 * 12 / 16))
     assert torch.isclose(metrics.ab_auc(off, truth, weight)[0], torch.tensor(50.0 * 12 / 24))
+    # Pooled over the split: image 0's extra weight counts for its pixels, as one big image.
+    means = metrics.ScoreMeans(["auc_rebalanced"])
+    means.update({"auc_rebalanced": metrics.pooled_ab_auc(off, truth, weight)})
+    pooled = means.means["auc_rebalanced"].compute()
+    assert torch.isclose(pooled, torch.tensor(50.0 * (12 + 16) / (24 + 16)))
 
 
 def test_the_ce_task_builds_a_bin_head_and_scores_the_grey_baseline_alike():
@@ -137,7 +142,10 @@ def test_the_ce_task_builds_a_bin_head_and_scores_the_grey_baseline_alike():
     logits = task(inputs)
     assert logits.shape == (3, Q, 8, 8)  # the head at a quarter of the size (ce_stride=4)
     scores = task.compute_scores(inputs, targets, logits)
-    assert set(scores) == set(task.score_names) and all(v.shape == (3,) for v in scores.values())
+    auc, weight = scores.pop("auc_rebalanced")  # pooled over pixels: with each image's weight
+    assert auc.shape == weight.shape == (3,) and (weight > 0).all()
+    assert set(scores) | {"auc_rebalanced"} == set(task.score_names)
+    assert all(v.shape == (3,) for v in scores.values())
     grey = task.compute_scores(inputs, targets, task.baseline_logits(inputs, targets))
     assert torch.allclose(grey["chroma"], torch.zeros(3), atol=1e-3)
     assert torch.allclose(grey["colorfulness"], torch.zeros(3), atol=1e-2)

@@ -101,8 +101,9 @@ class AutoEncoderTask(L.LightningModule):
 
     def compute_scores(
         self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Per-image scores (each a (B,) tensor) named as in score_names."""
+    ) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """Per-image scores (each a (B,) tensor, or (scores, weights) for a weighted mean) named
+        as in score_names."""
         raise NotImplementedError
 
     def preview_rows(self, batch: torch.Tensor) -> list[torch.Tensor]:
@@ -190,7 +191,8 @@ class AutoEncoderTask(L.LightningModule):
 
     def _log_scores(self, prefix: str, means: ScoreMeans, scores: dict[str, torch.Tensor]) -> None:
         means.update(scores)
-        batch_size = len(next(iter(scores.values())))
+        first = next(iter(scores.values()))
+        batch_size = len(first[0] if isinstance(first, tuple) else first)
         for name, metric in means.items():
             self.log(f"{prefix}/{name}", metric, on_epoch=True, batch_size=batch_size)
 

@@ -126,7 +126,7 @@ class ColorizationTask(AutoEncoderTask):
 
     def compute_scores(
         self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         """ab error in normalised units; the rest on the image rebuilt with the true L."""
         predicted_ab = self.predict_ab(logits, targets.shape[-2:])
         predicted = torch.cat([inputs, predicted_ab], dim=1)
@@ -143,7 +143,9 @@ class ColorizationTask(AutoEncoderTask):
             "colorfulness": metrics.colorfulness(predicted_rgb),
             "colorfulness_true": metrics.colorfulness(true_rgb),
             "auc": metrics.ab_auc(predicted_lab, true_lab),
-            "auc_rebalanced": metrics.ab_auc(predicted_lab, true_lab, self.bins.rarity(targets)),
+            "auc_rebalanced": metrics.pooled_ab_auc(
+                predicted_lab, true_lab, self.bins.rarity(targets)
+            ),
         }
 
     def baseline_logits(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

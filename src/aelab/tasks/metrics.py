@@ -1,7 +1,8 @@
 """Per-image scores, averaged over a split: the same numbers whatever loss trained the model.
 
 Every score is computed per image and averaged over images, so psnr is the mean of per-image
-psnr (not the psnr of the mean error) and every split size weighs each image equally.
+psnr (not the psnr of the mean error) and every split size weighs each image equally; the one
+exception, the rebalanced AuC, pools pixels over the split (pooled_ab_auc).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
 MAX_PSNR_DB = 100.0  # a perfect image has infinite psnr; cap it so means stay finite
 AUC_MAX_ERROR = 150.0  # Zhang et al.'s AuC: ab error thresholds from 0 to 150
@@ -113,17 +114,52 @@ def ab_auc(
     return 100 * (within * weight).sum(1) / weight.sum(1)
 
 
+def pooled_ab_auc(
+    lab_prediction: torch.Tensor, lab_target: torch.Tensor, pixel_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted AuC per image with each image's total pixel weight: averaged with those
+    weights (ScoreMeans does), it is the AuC over every pixel of the split, as Zhang et al. pool
+    it, so that rare colours weigh by their pixels, not by the images they are in."""
+    auc = ab_auc(lab_prediction, lab_target, pixel_weight)
+    return auc, pixel_weight.float().flatten(1).sum(1)
+
+
+class WeightedMean(Metric):
+    """Σ value·weight / Σ weight over every update (and every rank): MeanMetric without its
+    NaN check, which syncs with the GPU per update, and which with nan_strategy="disable" drops
+    the weights (torchmetrics 1.9)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        weight = torch.ones_like(value) if weight is None else weight
+        self.total += (value * weight).sum()
+        self.weight += weight.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
+
+
 class ScoreMeans(nn.Module):
-    """One MeanMetric per score name, so Lightning can log, reduce across ranks and reset them."""
+    """One mean per score name, so Lightning can log, reduce across ranks and reset them."""
 
     def __init__(self, names: Iterable[str]) -> None:
         super().__init__()
-        # nan_strategy="disable": no NaN check, which would sync with the GPU on every update.
-        self.means = nn.ModuleDict({name: MeanMetric(nan_strategy="disable") for name in names})
+        self.means = nn.ModuleDict({name: WeightedMean() for name in names})
 
-    def update(self, scores: dict[str, torch.Tensor]) -> None:
+    def update(self, scores: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Each score per image, or (per image, weight per image) for a weighted mean."""
         for name, values in scores.items():
-            self.means[name].update(values.detach().float())
+            if isinstance(values, tuple):
+                values, weight = values
+                self.means[name].update(values.detach().float(), weight.detach().float())
+            else:
+                self.means[name].update(values.detach().float())
 
     def items(self):
         return self.means.items()
