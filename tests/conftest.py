@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -83,3 +84,20 @@ def smoke_overrides(image_folder, tmp_path) -> list[str]:
         f"paths.cache_dir={tmp_path / 'cache'}",
         "trainer.accelerator=cpu",
     ]
+
+
+@pytest.fixture(autouse=True)
+def logging_as_before():
+    """Hydra's job logging, set up by an entry point run in this process, is undone after the
+    test: its handlers hold the test's captured streams, which later tests would write to."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
