@@ -68,8 +68,8 @@ def test_rebalancing_weights_have_expectation_one_under_the_prior():
     for rebalance in (0.0, 0.5, 1.0):
         weights = ab_bins.rebalancing_weights(prior, rebalance)
         assert torch.isclose((prior * weights).sum(), torch.tensor(1.0), atol=1e-5)
-    assert torch.allclose(ab_bins.rebalancing_weights(prior, 1.0), torch.ones(Q))
-    inverse = ab_bins.rebalancing_weights(prior, 0.0)
+    assert torch.allclose(ab_bins.rebalancing_weights(prior, 0.0), torch.ones(Q))  # off
+    inverse = ab_bins.rebalancing_weights(prior, 1.0)
     assert torch.allclose(inverse * prior, torch.full((Q,), 1 / Q), rtol=1e-4)
     half = ab_bins.rebalancing_weights(prior, 0.5)  # rare bins weigh more, common ones less
     assert half[prior.argmin()] > 1 > half[prior.argmax()]

@@ -120,7 +120,7 @@ class TaskSchema:
     rebalance: float = field(
         default=0.5,
         metadata=rule(
-            "a number from 0 to 1 (λ of the class rebalancing; 0 turns it off)",
+            "a number from 0 to 1 (class rebalancing: 0 off, 0.5 Zhang's λ = 0.5, 1 inverse frequency)",
             lambda v: 0 <= v <= 1,
         ),
     )

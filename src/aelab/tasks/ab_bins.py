@@ -103,8 +103,9 @@ def smoothed_distribution(counts: torch.Tensor) -> torch.Tensor:
 
 
 def rebalancing_weights(prior: torch.Tensor, rebalance: float) -> torch.Tensor:
-    """w ∝ ((1 − λ)·p̃ + λ/Q)⁻¹, scaled so that Σ p̃·w = 1; λ = 0 gives 1/p̃ up to scale."""
-    mixed = (1 - rebalance) * prior.double() + rebalance / len(prior)
+    """Zhang's w ∝ ((1 − λ)·p̃ + λ/Q)⁻¹ with λ = 1 − rebalance, scaled so that Σ p̃·w = 1:
+    rebalance = 0 gives uniform weights (off), 0.5 Zhang's default, 1 pure inverse frequency."""
+    mixed = rebalance * prior.double() + (1 - rebalance) / len(prior)
     weights = 1 / mixed.clamp_min(1e-12)
     return (weights / (prior.double() * weights).sum()).float()
 
