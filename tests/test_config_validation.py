@@ -102,7 +102,7 @@ def test_fractions_that_leave_no_training_images_are_refused_early(tmp_path):
 @pytest.mark.parametrize(
     ("override", "shown"),
     [
-        ("loss=foo", "Available options in 'loss':\n\tbce\n\tmse"),  # an unknown group option
+        ("loss=foo", "Available options in 'loss':\n\tbce\n\tce\n\tmse"),  # an unknown group option
         ("trainer.max_epoch=3", "Key 'max_epoch' is not in struct"),  # a key typo
         ("seed=[1", "no viable alternative"),  # not an override at all
     ],
@@ -154,7 +154,10 @@ def test_every_shipped_option_passes(kind, tmp_path):
     assert len(options) >= (2 if kind == "eval" else 25)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for group, option in options:
-            cfg = compose(kind, overrides=[f"{group}={option}"], return_hydra_config=True)
+            overrides = [f"{group}={option}"]
+            if (group, option) == ("loss", "ce"):
+                overrides.append("task=colorization")  # colorization's loss only
+            cfg = compose(kind, overrides=overrides, return_hydra_config=True)
             assert config_problems(cfg, SCHEMAS[kind]) == [], (group, option)
 
 
@@ -227,12 +230,12 @@ def test_a_bad_value_is_refused_before_torch_loads(tmp_path):
 
 def test_the_schema_enums_match_what_the_code_builds():
     from aelab.models.autoencoder import ACTIVATIONS, POOLINGS, UPSAMPLE_MODES
-    from aelab.tasks.losses import LOSSES
+    from aelab.tasks.losses import CLASSIFICATION_LOSSES, LOSSES
 
     assert {m.value for m in Pooling} == set(POOLINGS)
     assert {m.value for m in UpsampleMode} == set(UPSAMPLE_MODES)
     assert {m.value for m in Activation} == set(ACTIVATIONS)
-    assert {m.value for m in Loss} == set(LOSSES)
+    assert {m.value for m in Loss} == {*LOSSES, *CLASSIFICATION_LOSSES}
 
 
 def test_keys_outside_the_schemas_are_left_to_the_run(tmp_path):

@@ -27,6 +27,8 @@ def test_every_group_option_composes_and_builds(group, option, image_folder, tmp
     overrides = [f"{group}={option}", "data.download=false"]
     if group != "data" or option == "folder":
         overrides += ["data=folder", f"data.root={image_folder}"]
+    if (group, option) == ("loss", "ce"):
+        overrides.append("task=colorization")  # classification over ab bins: colorization's loss
     cfg = compose_config(overrides, tmp_path)
     task, datamodule = build(cfg)
     assert task.model.pooling == cfg.model.pooling
@@ -79,7 +81,7 @@ def test_cli_help_lists_the_groups():
     assert result.returncode == 0
     for group in (
         "task:",
-        "loss: bce, mse",
+        "loss: bce, ce, mse",
         "pooling: avg, max, none",
         "widths:",
         "data: cifar10, folder",
