@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ def plot_image_grid(columns: dict[str, torch.Tensor], path: Path, title: str = "
         for row in range(rows):
             axes[row][column].imshow(images[row], interpolation="nearest")
             axes[row][column].set_axis_off()
-        axes[0][column].set_title(name, fontsize=7)
+        axes[0][column].set_title(textwrap.fill(name, 18), fontsize=7)  # long labels wrap
     if title:
         figure.suptitle(title, fontsize=9)
     figure.savefig(path, dpi=90)
