@@ -114,6 +114,37 @@ def test_hydras_own_errors_exit_2_with_hydras_message(override, shown, tmp_path,
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "suggestion"),
+    [
+        (["loss=bcee"], "did you mean loss=bce?"),  # a group option
+        (["hydra/launcher=jobib"], "did you mean hydra/launcher=joblib?"),  # a plugin's option
+        (["trainer.max_epoch=3"], "did you mean trainer.max_epochs=3?"),  # a key
+        (["los=mse"], "did you mean loss=mse?"),  # a group's name
+        # a key of the task the command line chose, beside a sweep's list of values
+        (
+            ["-m", "loss=bce,mse", "task=colorization", "task.rebalanse=0.3"],
+            "did you mean task.rebalance=0.3?",
+        ),
+        (["data=folder", "data.source=foldr"], "(did you mean folder?)"),  # an option of a key
+    ],
+)
+def test_a_typo_gets_a_did_you_mean(arguments, suggestion, tmp_path, capsys):
+    code, stderr = run_entry(cli.main, *arguments, f"hydra.run.dir={tmp_path}/run", capsys=capsys)
+    assert code == 2 and suggestion in stderr
+
+
+@pytest.mark.parametrize("arguments", [["trainer.xyzzy=3"], ["loss=zzz"], ["pooling.mode=max"]])
+def test_nothing_close_gets_no_suggestion(arguments, tmp_path, capsys):
+    code, stderr = run_entry(cli.main, *arguments, f"hydra.run.dir={tmp_path}/run", capsys=capsys)
+    assert code == 2 and "did you mean" not in stderr
+
+
+def test_eval_typos_are_corrected_from_evals_config(tmp_path, capsys):
+    code, stderr = run_entry(cli.eval_main, "ckpt_path=x", "splt=val", capsys=capsys)
+    assert code == 2 and "did you mean split=val?" in stderr
+
+
 def test_a_failure_inside_the_run_keeps_exit_1():
     """Only Hydra's command-line and composition errors become exit 2; a crash stays a crash."""
 
@@ -127,9 +158,9 @@ def test_a_failure_inside_the_run_keeps_exit_1():
         return entry
 
     with pytest.raises(SystemExit) as crash:
-        cli.exit_2_for_command_line_errors(hydra_exit(RuntimeError("boom")))
+        cli.exit_2_for_command_line_errors(hydra_exit(RuntimeError("boom")), "train")
     with pytest.raises(SystemExit) as user_error:
-        cli.exit_2_for_command_line_errors(hydra_exit(ConfigCompositionException("typo")))
+        cli.exit_2_for_command_line_errors(hydra_exit(ConfigCompositionException("typo")), "train")
     assert (crash.value.code, user_error.value.code) == (1, 2)
 
 

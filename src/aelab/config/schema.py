@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, ValidationError
 from omegaconf.errors import InterpolationResolutionError
 
+from aelab.config.suggest import closest
 from aelab.errors import AelabError
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything hands the seed to
@@ -114,6 +115,12 @@ class ModelSchema:
     activation: Activation = Activation.relu
 
 
+TEMPERATURE = rule(
+    "a number ≥ 0 (the annealed mean's temperature: 1 the mean, 0 the mode)",
+    lambda v: v is None or v >= 0,
+)
+
+
 @dataclass
 class TaskSchema:
     loss: Loss = Loss.bce
@@ -131,13 +138,7 @@ class TaskSchema:
             lambda v: v in (1, 2, 4),
         ),
     )
-    temperature: float = field(
-        default=0.38,
-        metadata=rule(
-            "a number ≥ 0 (the annealed mean's temperature: 1 the mean, 0 the mode)",
-            lambda v: v >= 0,
-        ),
-    )
+    temperature: float = field(default=0.38, metadata=TEMPERATURE)
 
 
 @dataclass
@@ -188,6 +189,7 @@ class EvalSchema:
     ckpt_path: str | None = None
     split: EvalSplit = EvalSplit.test
     threads: int | None = field(default=None, metadata=THREADS)
+    temperature: float | None = field(default=None, metadata=TEMPERATURE)
 
 
 TRAIN_NODES: dict[str, type] = {
@@ -324,7 +326,16 @@ def _sentence(key: str, value: Any, spec) -> str:
     example = f"{key}={_shown(default.name if isinstance(default, Enum) else default)}"
     sentence = f"{key}={_shown(value)}: {key} must be {_allowed(spec)}, e.g. {example}"
     note = spec.metadata.get("note", "")
-    return sentence + (f". {note}" if note else "")
+    return sentence + (f". {note}" if note else "") + _close_member(value, spec)
+
+
+def _close_member(value: Any, spec) -> str:
+    """' (did you mean X?)' for a mistyped option of an Enum key."""
+    kinds = [t for t in _members(spec.type) if isinstance(t, type) and issubclass(t, Enum)]
+    if not kinds or not isinstance(value, str):
+        return ""
+    close = closest(value, [member.name for member in kinds[0]])
+    return f" (did you mean {close}?)" if close else ""
 
 
 def _shown(value: Any) -> str:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from aelab import CONFIG_DIR
 from aelab.config import refuse_invalid
+from aelab.config.suggest import did_you_mean
 from aelab.errors import AelabError
 from aelab.runtime.distributed import child_arguments, launch_rank
 from aelab.runtime.resume import resume_arguments
@@ -28,20 +29,25 @@ def main() -> float | None:
     except AelabError as error:
         print(f"\naelab: {error}\n", file=sys.stderr)
         sys.exit(2)
-    return exit_2_for_command_line_errors(hydra_main)
+    return exit_2_for_command_line_errors(hydra_main, "train")
 
 
 def eval_main() -> None:
     """The entry point of eval.py: Hydra with configs/eval.yaml, then aelab.runtime.evaluate."""
-    exit_2_for_command_line_errors(hydra_eval_main)
+    exit_2_for_command_line_errors(hydra_eval_main, "eval")
 
 
-def exit_2_for_command_line_errors(entry: Callable[[], float | None]) -> float | None:
+def exit_2_for_command_line_errors(
+    entry: Callable[[], float | None], config_name: str
+) -> float | None:
     try:
         return entry()
     except SystemExit as stop:
         # Hydra exits from inside its `except`, so the error it printed is the exit's context.
         if stop.code == 1 and isinstance(stop.__context__, COMMAND_LINE_ERRORS):
+            suggestion = did_you_mean(error_text(stop.__context__), config_name, sys.argv[1:])
+            if suggestion:
+                print(f"\naelab: {suggestion}\n", file=sys.stderr)
             sys.exit(2)
         raise
 
@@ -60,6 +66,15 @@ def hydra_eval_main(cfg: DictConfig) -> None:
     from aelab.runtime.evaluate import run  # torch and Lightning load only once the line is parsed
 
     run(cfg)
+
+
+def error_text(error: BaseException) -> str:
+    """The error's message with its causes' (Hydra wraps OmegaConf's 'not in struct')."""
+    parts = []
+    while error is not None:
+        parts.append(str(error))
+        error = error.__cause__
+    return "\n".join(parts)
 
 
 def refuse_invalid_settings(cfg: DictConfig, kind: str) -> None:
