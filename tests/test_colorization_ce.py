@@ -7,14 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from kornia.color import lab_to_rgb
+from omegaconf import OmegaConf
 
 from aelab.config.schema import SCHEMAS, config_problems
 from aelab.data.color import AB_OFFSET, AB_SCALE, rgb_to_lab_normalized
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
+from aelab.runtime.evaluate import evaluate
 from aelab.runtime.train import train
 from aelab.tasks import ColorizationTask, ReconstructionTask, ab_bins, metrics
 from tests.conftest import compose_config
+from tests.test_evaluate import eval_config
 
 Q = 229  # centres of the step-10 grid over [-110, 110]² in sRGB at some L of a 0.1-step sweep
 
@@ -188,7 +191,10 @@ def test_loss_ce_with_reconstruction_is_refused_in_one_line(tmp_path):
 def test_smoke_training_with_loss_ce(smoke_overrides, tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*smoke_overrides, "task=colorization", "loss=ce", "logger=none"]
-    train(compose_config(overrides, run_dir), run_dir)
+    cfg = compose_config(overrides, run_dir)
+    train(cfg, run_dir)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # as Hydra saves it, for eval.py
     results = json.loads((run_dir / "metrics.json").read_text())
     assert results["loss"] == "ce" and results["model"]["out_channels"] == Q
     test = results["test"]
@@ -200,3 +206,15 @@ def test_smoke_training_with_loss_ce(smoke_overrides, tmp_path):
     assert len(cached) == 1
     prior = torch.load(cached[0], weights_only=True)
     assert prior.shape == (Q,) and torch.isclose(prior.sum(), torch.tensor(1.0))
+
+    # eval.py decodes the same checkpoint at the run's temperature, the mean and the mode
+    checkpoint = f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"
+    decoded = {
+        t: evaluate(eval_config([checkpoint, *t], tmp_path / f"eval{t}"), tmp_path / f"eval{t}")
+        for t in ((), ("temperature=1",), ("temperature=0",))
+    }
+    same, mean, mode = (decoded[t] for t in ((), ("temperature=1",), ("temperature=0",)))
+    assert same["metrics"] == pytest.approx(test, abs=1e-6) and same["temperature"] == 0.38
+    assert (mean["temperature"], mode["temperature"]) == (1, 0)
+    assert mean["metrics"]["loss"] == pytest.approx(test["loss"], abs=1e-6)  # logits unchanged
+    assert len({mean["metrics"]["chroma"], test["chroma"], mode["metrics"]["chroma"]}) == 3

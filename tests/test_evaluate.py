@@ -131,6 +131,7 @@ def eval_config(overrides: list[str], output_dir: Path):
         (["ckpt_path=TMP/junk.ckpt"], "could not be loaded as a checkpoint"),
         (["ckpt_path=TMP/loose/best.ckpt"], "is not inside a run dir"),
         (["ckpt_path=CKPT", "data=folder"], "data.root"),
+        (["ckpt_path=CKPT", "temperature=1"], "only a loss=ce colorization run"),
         ([], "needs the checkpoint"),
     ],
 )

@@ -65,6 +65,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
         "split": split,
         "metrics": {key.removeprefix(f"{split}/"): value for key, value in sorted(scores.items())},
         "split_size": datamodule.split_sizes()[split],  # images in the split
+        "temperature": run_cfg.task.get("temperature") if run_cfg.task.get("loss") == "ce" else None,
         "checkpoint": str(checkpoint),
         "run_dir": str(run_dir),
         "data": OmegaConf.to_container(run_cfg.data, resolve=True),
@@ -102,6 +103,15 @@ def evaluation_config(cfg: DictConfig, run_dir: Path, output_dir: Path) -> DictC
         for key, value in OmegaConf.to_container(cfg.trainer).items():
             if value is not None:
                 run_cfg.trainer[key] = value
+        if cfg.get("temperature") is not None:
+            if run_cfg.task.get("loss") != "ce":
+                raise AelabError(
+                    f"temperature={cfg.temperature}: only a loss=ce colorization run decodes "
+                    f"with a temperature, and {run_dir} was trained with "
+                    f"task {run_cfg.task._target_.rsplit('.', 1)[-1]}, loss="
+                    f"{run_cfg.task.get('loss')}. Leave temperature out for this run."
+                )
+            run_cfg.task.temperature = cfg.temperature
     return run_cfg
 
 
