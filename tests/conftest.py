@@ -101,3 +101,23 @@ def logging_as_before():
         if handler not in root.handlers:
             root.addHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, image_folder):
+    """One smoke run per task, trained through the CLI on first use and shared by the session."""
+    runs: dict[str, Path] = {}
+
+    def run_of(task: str) -> Path:
+        if task not in runs:
+            tmp = tmp_path_factory.mktemp(task)
+            result = run_cli(
+                *("debug=smoke", "data=folder", f"data.root={image_folder}", "data.subset=null"),
+                *(f"paths.cache_dir={tmp / 'cache'}", "trainer.accelerator=cpu", f"task={task}"),
+                f"hydra.run.dir={tmp / 'run'}",
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[task] = tmp / "run"
+        return runs[task]
+
+    return run_of

@@ -15,7 +15,7 @@ from aelab import CONFIG_DIR
 from aelab.runtime.evaluate import run
 from aelab.runtime.run_config import load_run_config
 from aelab.runtime.train import build
-from tests.conftest import CLEAN_ENVIRONMENT, REPO, make_image_folder, run_cli
+from tests.conftest import CLEAN_ENVIRONMENT, REPO, make_image_folder
 
 
 def run_eval(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -28,26 +28,6 @@ def run_eval(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         timeout=timeout,
         env=CLEAN_ENVIRONMENT,
     )
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, image_folder):
-    """One smoke run per task, trained through the CLI on first use and shared by the module."""
-    runs: dict[str, Path] = {}
-
-    def run_of(task: str) -> Path:
-        if task not in runs:
-            tmp = tmp_path_factory.mktemp(task)
-            result = run_cli(
-                *("debug=smoke", "data=folder", f"data.root={image_folder}", "data.subset=null"),
-                *(f"paths.cache_dir={tmp / 'cache'}", "trainer.accelerator=cpu", f"task={task}"),
-                f"hydra.run.dir={tmp / 'run'}",
-            )
-            assert result.returncode == 0, result.stderr[-3000:]
-            runs[task] = tmp / "run"
-        return runs[task]
-
-    return run_of
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:

@@ -41,18 +41,34 @@ def plot_losses(curves: dict[str, Curve], loss: str, path: Path, title: str) -> 
     return True
 
 
-def plot_image_grid(columns: dict[str, torch.Tensor], path: Path, title: str = "") -> None:
-    """Images as a grid: one column per named (N, 3, H, W) batch in [0, 1], one row per image."""
+def plot_image_grid(
+    columns: dict[str, torch.Tensor], path: Path, title: str = "", images_across: bool = False
+) -> None:
+    """Images as a grid: one column per named (N, 3, H, W) batch in [0, 1], one row per image;
+    images_across turns it: one row per batch, named on the left."""
     names = list(columns)
-    rows = len(next(iter(columns.values())))
-    figure = Figure(figsize=(1.15 * len(names), 1.0 * rows + 0.5), layout="constrained")
-    axes = figure.subplots(rows, len(names), squeeze=False)
-    for column, name in enumerate(names):
+    count = len(next(iter(columns.values())))
+    shape = (len(names), count) if images_across else (count, len(names))
+    size = (
+        (1.0 * count + 1.2, 1.0 * len(names) + 0.3)
+        if images_across
+        else (1.15 * len(names), 1.0 * count + 0.5)
+    )
+    figure = Figure(figsize=size, layout="constrained")
+    axes = figure.subplots(*shape, squeeze=False)
+    for n, name in enumerate(names):
         images = columns[name].clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        for row in range(rows):
-            axes[row][column].imshow(images[row], interpolation="nearest")
-            axes[row][column].set_axis_off()
-        axes[0][column].set_title(textwrap.fill(name, 18), fontsize=7)  # long labels wrap
+        cells = axes[n] if images_across else [axes[i][n] for i in range(count)]
+        for cell, image in zip(cells, images, strict=True):
+            cell.imshow(image, interpolation="nearest")
+            cell.set_xticks([]), cell.set_yticks([])
+            for spine in cell.spines.values():
+                spine.set_visible(False)
+        label = textwrap.fill(name, 16 if images_across else 18)  # long labels wrap
+        if images_across:
+            cells[0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+        else:
+            cells[0].set_title(label, fontsize=7)
     if title:
         figure.suptitle(title, fontsize=9)
     figure.savefig(path, dpi=90)
