@@ -65,7 +65,9 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
         "split": split,
         "metrics": {key.removeprefix(f"{split}/"): value for key, value in sorted(scores.items())},
         "split_size": datamodule.split_sizes()[split],  # images in the split
-        "temperature": run_cfg.task.get("temperature") if run_cfg.task.get("loss") == "ce" else None,
+        "temperature": run_cfg.task.get("temperature")
+        if run_cfg.task.get("loss") == "ce"
+        else None,
         "checkpoint": str(checkpoint),
         "run_dir": str(run_dir),
         "data": OmegaConf.to_container(run_cfg.data, resolve=True),
