@@ -7,7 +7,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from aelab import CONFIG_DIR
-from aelab.runtime.train import build, train
+from aelab.runtime.train import build, build_trainer, train
 from tests.conftest import compose_config, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +33,13 @@ def test_every_group_option_composes_and_builds(group, option, image_folder, tmp
     task, datamodule = build(cfg)
     assert task.model.pooling == cfg.model.pooling
     assert datamodule.color_space == task.color_space
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_enable_progress_bar_false_alone_turns_the_progress_bar_off(shown, tmp_path):
+    cfg = compose_config([f"trainer.enable_progress_bar={str(shown).lower()}"], tmp_path)
+    trainer, _ = build_trainer(cfg)
+    assert (trainer.progress_bar_callback is not None) is shown
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg", "none"])

@@ -180,7 +180,7 @@ def start_from_weights(task: L.LightningModule, path: str) -> None:
 def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list]:
     """The Trainer with the configured loggers and callbacks, plus what every run needs."""
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else []
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks = configured_callbacks(cfg)
     callbacks += [EpochTimer(), RandomStates(), FlushLogsWithCheckpoints()]
     if cfg.get("scheduler") and loggers:
         callbacks.append(LearningRateMonitor())
@@ -191,6 +191,15 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list]:
         plugins=[AtomicCheckpointIO()],
     )
     return trainer, loggers
+
+
+def configured_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks node's callbacks; trainer.enable_progress_bar=false leaves its progress bar
+    out, as Lightning refuses a progress bar callback beside that flag."""
+    nodes = dict(cfg.callbacks or {})
+    if not cfg.trainer.get("enable_progress_bar", True):
+        nodes.pop("progress_bar", None)
+    return [instantiate(node) for node in nodes.values() if node is not None]
 
 
 def write_results(cfg, output_dir, trainer, task, datamodule, test_metrics, best, model_facts):
