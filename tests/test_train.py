@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from aelab import CONFIG_DIR
@@ -40,6 +41,19 @@ def test_enable_progress_bar_false_alone_turns_the_progress_bar_off(shown, tmp_p
     cfg = compose_config([f"trainer.enable_progress_bar={str(shown).lower()}"], tmp_path)
     trainer, _ = build_trainer(cfg)
     assert (trainer.progress_bar_callback is not None) is shown
+
+
+def test_timing_covers_every_epoch_when_the_best_checkpoint_is_an_early_one(
+    smoke_overrides, tmp_path
+):
+    run_dir = tmp_path / "run"
+    # mode=max keeps the epoch with the highest val loss as "best": the first, of three
+    overrides = [*smoke_overrides, "trainer.max_epochs=3", "callbacks.checkpoint.mode=max"]
+    train(compose_config(overrides, run_dir), run_dir)
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["epoch"] < 2  # the test restored an earlier epoch's checkpoint
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert len(timing["seconds_per_epoch"]) == len(timing["images_per_second"]) == 3
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg", "none"])

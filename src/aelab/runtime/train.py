@@ -61,12 +61,14 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
 
     with training_process(trainer, output_dir, bool(resume_from), cfg.get("threads")):
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
+        timing = epoch_timing(trainer)  # now: testing the best checkpoint restores its timer
         val_psnr = trainer.callback_metrics.get("val/psnr")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         (test_metrics,) = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
 
     if trainer.is_global_zero:  # rank zero writes the results
-        write_results(cfg, output_dir, trainer, task, datamodule, test_metrics, best, model_facts)
+        scores = (test_metrics, best, model_facts, timing)
+        write_results(cfg, output_dir, trainer, task, datamodule, *scores)
     return float(val_psnr) if val_psnr is not None else None
 
 
@@ -202,9 +204,21 @@ def configured_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [instantiate(node) for node in nodes.values() if node is not None]
 
 
-def write_results(cfg, output_dir, trainer, task, datamodule, test_metrics, best, model_facts):
-    """metrics.json and timing.json in the run dir; the test metrics to the loggers."""
+def epoch_timing(trainer: L.Trainer) -> dict:
+    """timing.json's contents: every trained epoch's seconds and training images/s."""
     timer = next(c for c in trainer.callbacks if isinstance(c, EpochTimer))
+    return {
+        "seconds_per_epoch": list(timer.epoch_seconds),
+        "images_per_second": list(timer.images_per_second),
+        "mean_seconds_per_epoch": sum(timer.epoch_seconds) / max(len(timer.epoch_seconds), 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write_results(
+    cfg, output_dir, trainer, task, datamodule, test_metrics, best, model_facts, timing
+):
+    """metrics.json and timing.json in the run dir; the test metrics to the loggers."""
     results = {
         "status": "completed",
         "task": task.name,
@@ -214,12 +228,6 @@ def write_results(cfg, output_dir, trainer, task, datamodule, test_metrics, best
         "data": datamodule.split_sizes(),
         "best_checkpoint": str(Path(best).relative_to(output_dir)) if best else None,
         "init_checkpoint": str(Path(cfg.ckpt_path).resolve()) if cfg.get("ckpt_path") else None,
-    }
-    timing = {
-        "seconds_per_epoch": timer.epoch_seconds,
-        "images_per_second": timer.images_per_second,
-        "mean_seconds_per_epoch": sum(timer.epoch_seconds) / max(len(timer.epoch_seconds), 1),
-        "torch_threads": torch.get_num_threads(),
     }
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     (output_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
