@@ -114,6 +114,7 @@ def trained(tmp_path_factory, image_folder):
             result = run_cli(
                 *("debug=smoke", "data=folder", f"data.root={image_folder}", "data.subset=null"),
                 *(f"paths.cache_dir={tmp / 'cache'}", "trainer.accelerator=cpu", f"task={task}"),
+                "~local",  # the run's saved config sets no folder root, as on a machine without one
                 f"hydra.run.dir={tmp / 'run'}",
             )
             assert result.returncode == 0, result.stderr[-3000:]

@@ -119,7 +119,7 @@ def test_cli_unknown_option_lists_the_choices(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data=folder"], "data.root"),
+        (["data=folder", "~local"], "data.root"),  # ~local: a machine-local config sets a root
         (["model.kernel_size=4"], "kernel_size"),
         (["model.widths=[]"], "model.widths"),
         (["optimizer.lr=0"], "optimizer.lr"),
