@@ -51,6 +51,10 @@ def test_the_script_writes_the_figure_and_keeps_an_existing_one(trained, tmp_pat
     again = run_showcase(*args, "--out", str(out))
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert out.read_bytes() == before
+    for wrong in (tmp_path, tmp_path / "figure.jpg"):  # a directory; not a PNG
+        refused = run_showcase(*args, "--out", str(wrong), "--overwrite")
+        assert refused.returncode == 2 and "PNG file" in refused.stderr
+    assert not (tmp_path / "figure.jpg").exists() and not tmp_path.with_suffix(".png").exists()
 
 
 def test_a_checkpoint_outside_a_run_is_explained(trained, tmp_path):

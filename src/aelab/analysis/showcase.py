@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.images < 1:
             raise AelabError(f"--images {args.images}: give a positive number of test images.")
+        if args.out.suffix.lower() != ".png" or args.out.is_dir():
+            raise AelabError(
+                f"--out {args.out}: give a PNG file's path, e.g. figures/showcase.png."
+            )
         if args.out.exists() and not args.overwrite:
             raise AelabError(f"{args.out} exists; give --overwrite to replace it.")
         rows = showcase_rows(args.reconstruction, args.colorization, args.images)
