@@ -11,7 +11,9 @@ of the counted epochs, and the ratios a/b and a/c repeat by repeat (their median
 
 A second table compares (a) and (b) inside the same runs: blocks of aelab's steps and of bare steps
 take turns (BareStepsBetween), which cancels the machine's slow and fast spells that make separate
-runs differ by ±10 % here, and gives aelab's cost per step in milliseconds.
+runs differ by ±10 % here, and gives aelab's cost per step in milliseconds. With --lightning-alone,
+the same comparison for aelab's task and data in a Trainer with every optional feature off splits
+that cost into Lightning's own training loop and what train.py's features add.
 """
 
 from __future__ import annotations
@@ -218,21 +220,45 @@ def recipe_rates(
     )
     meter = _EpochRate()
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = L.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            max_epochs=epochs,
-            limit_train_batches=batches,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=run_dir,
-            callbacks=[meter],
-        )
+        trainer = plain_trainer(accelerator, epochs, batches, run_dir, meter)
         trainer.fit(task, train_dataloaders=loader)
     return meter.rates
+
+
+def plain_trainer(
+    accelerator: str, epochs: int, batches: int, run_dir: str, callback: L.Callback
+) -> L.Trainer:
+    """A Trainer with every optional feature off: no logger, checkpoints, progress bar, summary
+    or validation; only `callback`."""
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+        callbacks=[callback],
+    )
+
+
+def lightning_alone_seconds(
+    overrides: list[str], epochs: int, batches: int, accelerator: str
+) -> dict:
+    """Like within_run_seconds, with aelab's task and data in a plain_trainer: what Lightning's
+    training loop costs by itself, apart from the features train.py adds."""
+    cfg = compose_config(overrides, "unused")
+    L.seed_everything(cfg.seed, verbose=False)
+    task, datamodule = build(cfg)
+    with tempfile.TemporaryDirectory() as run_dir:
+        output = Path(run_dir) / "blocks.json"
+        trainer = plain_trainer(accelerator, epochs, batches, run_dir, BareStepsBetween(output))
+        with frozen_heap():  # as train.py trains
+            trainer.fit(task, datamodule=datamodule)
+        return json.loads(output.read_text())
 
 
 Rates = dict[tuple[str, str], list[list[float]]]  # (task, path) -> per repeat, its counted epochs
@@ -249,10 +275,12 @@ def measure(
     workers: int,
     extra_overrides: list[str] = (),
     within_only: bool = False,
+    lightning_alone: bool = False,
 ) -> tuple[Rates, WithinRun]:
     """Measured images/s per (task, path) and repeat, warm-up epochs dropped, and the blocks of
-    one within-run comparison per repeat (only those with within_only). `extra_overrides` go
-    into every path's config, so what a setting costs can be measured.
+    one within-run comparison per repeat (only those with within_only), and with lightning_alone
+    a second one in a plain_trainer ("TASK, Lightning alone"). `extra_overrides` go into every
+    path's config, so what a setting costs can be measured.
 
     The paths take turns, a b c then c b a (and again), so that a slow spell of a shared machine
     lands on all three instead of on whichever ran then, and a steady drift cancels over two
@@ -290,6 +318,9 @@ def measure(
             for path in order:
                 results.setdefault((task, path), []).append(runs[path]()[1:])
             within.setdefault(task, []).append(within_run_seconds(overrides, epochs, batches))
+            if lightning_alone:
+                blocks = lightning_alone_seconds(overrides, epochs, batches, accelerator)
+                within.setdefault(f"{task}, Lightning alone", []).append(blocks)
     return results, within
 
 
@@ -338,7 +369,7 @@ def format_table(results: Rates, header: dict[str, str]) -> str:
 def format_within_run(within: WithinRun) -> str:
     """The second table: aelab and the bare loop alternating inside the same runs."""
     lines = [
-        "| task | (a) aelab ms/step | (b) bare loop ms/step | aelab's cost per step | a/b within a run |",
+        "| task | (a) ms/step | (b) bare loop ms/step | (a)'s cost per step | a/b within a run |",
         "|---|---:|---:|---:|---:|",
     ]
     for task, runs in within.items():
@@ -351,9 +382,11 @@ def format_within_run(within: WithinRun) -> str:
             f"({min(per_run):.3f}–{max(per_run):.3f}) |"
         )
     lines.append(
-        "\nWithin a run: blocks of aelab steps and as many bare steps on a copy of the network take "
-        "turns in the same train.py run (BareStepsBetween), over every measured epoch of every "
-        "repeat; a/b is the bare loop's total time over aelab's (range: per run)."
+        "\nWithin a run: blocks of (a)'s steps and as many bare steps on a copy of the network take "
+        "turns in the same run (BareStepsBetween), over every measured epoch of every repeat; "
+        "a/b is the bare loop's total time over (a)'s (range: per run). (a) is aelab's train.py "
+        "path; in a row 'Lightning alone', aelab's task and data in a Trainer with every optional "
+        "feature off (no logger, checkpoints, progress bar or callbacks)."
     )
     return "\n".join(lines)
 
@@ -400,6 +433,12 @@ def main(argv: list[str] | None = None) -> str:
         "least noisy measure of aelab's cost, in about a quarter of the time",
     )
     parser.add_argument(
+        "--lightning-alone",
+        action="store_true",
+        help="also measure, within runs, aelab's task and data in a Trainer with every optional "
+        "feature off: which part of aelab's cost per step is Lightning's own training loop",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -429,6 +468,7 @@ def main(argv: list[str] | None = None) -> str:
         args.workers,
         args.overrides,
         args.within_only,
+        args.lightning_alone,
     )
     device = torch.cuda.get_device_name() if accelerator == "gpu" else platform.processor() or "cpu"
     header = {

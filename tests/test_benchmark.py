@@ -68,3 +68,19 @@ def test_within_run_table_gives_milliseconds_per_step_and_the_pooled_ratio():
     table = format_within_run(within)
     # 3 blocks of 10 steps: aelab 0.69 s, bare 0.67 s → 23.00 and 22.33 ms/step, a/b 0.67/0.69.
     assert "| colorization | 23.00 | 22.33 | 0.67 ms | 0.971 (0.955–1.000) |" in table
+
+
+def test_lightning_alone_adds_a_row_per_task_measured_in_a_plain_trainer(
+    image_folder, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tiny = ["--repeats", "1", "--epochs", "2", "--batches", "2", "--task", "colorization"]
+    table = main(["--root", str(image_folder), *tiny, "--within-only", "--lightning-alone"])
+    rows = [line for line in table.splitlines() if line.startswith("| colorization")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| colorization",
+        "| colorization, Lightning alone",
+    ]
+    for row in rows:
+        step_ms, bare_ms = (float(cell) for cell in row.split(" | ")[1:3])
+        assert step_ms > 0 and bare_ms > 0
