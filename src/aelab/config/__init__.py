@@ -3,7 +3,6 @@ the run dir exists, and by the entry points for the runs that reach them without
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from omegaconf import DictConfig
 
 from aelab.config.schema import SCHEMAS, check_config, config_problems
 from aelab.errors import AelabError
-from aelab.runtime.run_lock import discard_unused_run_dir
+from aelab.runtime.created import discard
 
 __all__ = ["SCHEMAS", "ValidateConfig", "check_config", "config_problems", "refuse_invalid"]
 
@@ -46,18 +45,11 @@ def config_kind(config: DictConfig) -> str:
 def refuse_invalid(
     cfg: DictConfig, kind: str, run_dir: Path | None = None, sweep_dir: Path | None = None
 ) -> None:
-    """Exit 2 with one paragraph if a setting is invalid, first removing the run dir (and a sweep
-    dir left without jobs) where Hydra has written only its own files."""
+    """Exit 2 with one paragraph if a setting is invalid, first removing what this process made
+    for the start in the run dir and the sweep dir (aelab.runtime.created)."""
     try:
         check_config(cfg, kind)
     except AelabError as error:
-        if run_dir is not None:
-            discard_unused_run_dir(run_dir)
-        if sweep_dir is not None and sweep_dir.is_dir() and not any_job_in(sweep_dir):
-            shutil.rmtree(sweep_dir, ignore_errors=True)  # its multirun.yaml, no job
+        discard(run_dir, sweep_dir)  # what this process made for the refused start
         print(f"\naelab: {error}\n", file=sys.stderr)
         sys.exit(2)
-
-
-def any_job_in(sweep_dir: Path) -> bool:
-    return any(p.is_dir() for p in sweep_dir.iterdir())

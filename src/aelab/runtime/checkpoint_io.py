@@ -11,8 +11,6 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from aelab.runtime.run_lock import process_start
-
 KEEPS_PREVIOUS = "last.ckpt"
 PREVIOUS_SUFFIX = ".prev"
 TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")  # .NAME.tmpPID, as temporary_path spells it
@@ -83,10 +81,20 @@ def remove_temporaries(directory: Path, every: bool = False) -> list[Path]:
         match = TEMPORARY.match(entry.name)
         if not match or int(match[1]) == os.getpid():
             continue
-        if every or process_start(int(match[1])) is None:
+        if every or not process_exists(int(match[1])):
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process; no such pid
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def sync_directory(directory: Path) -> None:

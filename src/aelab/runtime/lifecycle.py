@@ -22,10 +22,11 @@ from omegaconf import DictConfig
 
 from aelab.callbacks import TrainingDiverged, TrainingInterrupted
 from aelab.errors import AelabError
+from aelab.runtime import created
 from aelab.runtime.distributed import export_run_to_children, launch_rank, launch_state_restored
 from aelab.runtime.heap import frozen_heap
 from aelab.runtime.requeue import hand_over
-from aelab.runtime.run_lock import discard_unused_run_dir
+from aelab.runtime.run_dir_guard import discard_refused_start
 
 log = logging.getLogger("aelab")
 
@@ -72,7 +73,9 @@ def check_ranks_can_start(trainer: L.Trainer) -> None:
 
 
 def write_status(output_dir: Path, status: str, **facts) -> None:
-    """metrics.json before the results exist, so a report can tell a running run from a dead one."""
+    """metrics.json before the results exist, so a report can tell a running run from a dead one.
+    A run with a status is a result: a later refusal never discards its dir (aelab.runtime.created)."""
+    created.keep(output_dir)
     (output_dir / "metrics.json").write_text(
         json.dumps({"status": status, **facts}, indent=2) + "\n"
     )
@@ -128,8 +131,9 @@ def guarded(job: Callable[[DictConfig, Path], float | None], cfg: DictConfig) ->
             print(f"\naelab: {error}. Continue with: {resume}\n", file=sys.stderr)
             hand_over(error.signum)
             sys.exit(128 + error.signum)
-        discard_unused_run_dir(output_dir)
-        if output_dir.is_dir():
+        if not created.is_kept(output_dir):  # refused before the run started
+            discard_refused_start(output_dir)
+        else:
             status = "diverged" if isinstance(error, TrainingDiverged) else "failed"
             write_status(output_dir, status, error=str(error))
         print(f"\naelab: {error}\n", file=sys.stderr)

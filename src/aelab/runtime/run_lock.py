@@ -1,34 +1,29 @@
-"""One live process per run dir: a lock file in the dir, locked for the process's life.
+"""One live process per run dir: an flock on RUN_DIR/.aelab.lock, held for the process's life.
 
-The claim is atomic: an flock on RUN_DIR/.aelab.lock, taken before anything else is written there
-and released by the kernel when the process ends, however it ends. The file also names its holder
-(pid, host, start), for the message a second process gets and for file systems whose locks do not
-reach other hosts: there a lock naming another host counts while its holder refreshes it (every
-HEARTBEAT_SECONDS) and is taken for a dead run's once STALE_SECONDS pass without a refresh. On a
-file system without flock, the file's creation (O_EXCL) decides between simultaneous starts.
+The kernel releases an flock when its process ends, however it ends (SIGKILL too), so a lock that
+can be taken belongs to nobody alive: no heartbeat or pid check is needed. The file names its
+holder (pid, host, purpose, start) for the message a second process gets. On a file system
+without flock, aelab warns and goes on unclaimed: a lock that outlives a killed process would need
+the liveness guesses that flock makes unnecessary, and default run dirs are unique anyway.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import fcntl
 import json
 import os
-import shutil
 import socket
-import threading
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aelab.errors import AelabError
+from aelab.runtime import created
 
 LOCK_NAME = ".aelab.lock"
-HEARTBEAT_SECONDS = 60
-STALE_SECONDS = 600  # 10 minutes without a refresh: another host's holder is taken for dead
 NO_FLOCK = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP}  # a file system without flock
 
 
@@ -36,141 +31,100 @@ class RunDirInUse(AelabError):
     """Another live process holds the run dir."""
 
 
-@dataclass
-class RunLock:
-    """A held claim on a run dir; release() gives it up (the process's end does too)."""
-
-    path: Path
-    fd: int
-    owner: int = field(default_factory=os.getpid)
-    stop: threading.Event = field(default_factory=threading.Event)
-    closing: threading.Lock = field(default_factory=threading.Lock)
-
-    def release(self, remove_if_alone: bool = False) -> None:
-        """Give the dir up; with `remove_if_alone`, a dir that holds nothing but the lock goes."""
-        if os.getpid() != self.owner:
-            return  # a forked child shares the lock; its end is not the run's
-        with self.closing:
-            if self.stop.is_set():
-                return
-            self.stop.set()
-            _held.pop(self.path, None)
-            with contextlib.suppress(OSError):
-                if remove_if_alone and os.listdir(self.path.parent) == [LOCK_NAME]:
-                    self.path.unlink()  # while still locked: a waiting start sees it gone
-                    self.path.parent.rmdir()
-            with contextlib.suppress(OSError):  # a clean end leaves no holder to wait on
-                os.ftruncate(self.fd, 0)
-            os.close(self.fd)
-
-    def refresh_until_released(self) -> None:
-        while not self.stop.wait(HEARTBEAT_SECONDS):
-            with self.closing:
-                if self.stop.is_set():
-                    return
-                try:
-                    os.utime(self.fd)
-                except OSError:
-                    return
-
-
-_held: dict[Path, RunLock] = {}
+_held: dict[Path, int] = {}  # lock file → its descriptor, open (and locked) while held
 
 
 def lock_path(run_dir: Path) -> Path:
-    return Path(os.path.abspath(run_dir)) / LOCK_NAME
+    return created.absolute(run_dir) / LOCK_NAME
 
 
-def claim(
-    run_dir: Path,
-    purpose: str,
-    takeover: bool = False,
-    refuse_if: Callable[[], None] | None = None,
-) -> RunLock:
-    """Create run_dir if needed and hold its lock for this process's life, or raise RunDirInUse.
+def claim(run_dir: Path, purpose: str, refuse_if: Callable[[], None] | None = None) -> None:
+    """Create run_dir if needed and hold its lock for this process's life, or raise RunDirInUse
+    (another process holds it) or AelabError (the dir cannot be made or written).
 
-    `takeover` (a requeued SLURM job, whose earlier self is gone) ignores a holder named in the
-    file, but never a lock a live process holds. `refuse_if` runs once the lock is ours and
-    before anything is written, so a check on the dir's contents cannot race another start.
-    """
+    `refuse_if` runs once the lock is ours and before anything is written, so a check on the
+    dir's contents cannot race another start."""
     path = lock_path(run_dir)
     if path in _held:
-        return _held[path]
-    for _ in range(10):  # again when a refused start removed the file between open and lock
-        opened = open_and_lock(path, run_dir, purpose)
-        if opened is not None:
+        return
+    for _ in range(10):  # again if a refused start removed the file between our open and lock
+        fd = open_lock(path, purpose)
+        if fd is not None:
             break
     else:
         raise RunDirInUse(f"{path} keeps being removed while this process claims it.")
-    fd, locked = opened
     try:
-        holder = read_holder(fd)
-        if holder and not takeover and holder_may_live(holder, os.fstat(fd).st_mtime, locked):
-            raise RunDirInUse(in_use_message(run_dir, path, holder, purpose))
         if refuse_if is not None:
             refuse_if()
-        write_holder(fd, purpose)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose}
+        holder["since"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
     except BaseException:
         os.close(fd)
         raise
-    held = RunLock(path, fd)
-    _held[path] = held
-    threading.Thread(target=held.refresh_until_released, name="aelab-run-lock", daemon=True).start()
-    return held
+    _held[path] = fd
 
 
-def open_and_lock(path: Path, run_dir: Path, purpose: str) -> tuple[int, bool] | None:
-    """The lock file's descriptor, locked, and whether the lock is an flock (else this process
-    created the file); None if the file was removed meanwhile."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def open_lock(path: Path, purpose: str) -> int | None:
+    """The lock file's descriptor, locked by this process; None if the file was removed
+    meanwhile. The dir and the file, where this process creates them, are recorded."""
     try:
-        fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-    except FileExistsError:
-        try:
-            fd, created = os.open(path, os.O_RDWR), False
-        except FileNotFoundError:
-            return None
-    except FileNotFoundError:
+        created.make_dir(path.parent)
+        fd = create_or_open(path)
+    except OSError as error:  # a file in the way, a dir this user cannot write
+        raise AelabError(unusable_dir_message(path.parent, error)) from None
+    if fd is None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        locked = True
     except BlockingIOError:
         holder = read_holder(fd)
         os.close(fd)
-        raise RunDirInUse(in_use_message(run_dir, path, holder, purpose)) from None
+        raise RunDirInUse(in_use_message(path, holder, purpose)) from None
     except OSError as error:
         if error.errno not in NO_FLOCK:
             os.close(fd)
-            raise
-        locked = created
+            raise AelabError(unusable_dir_message(path.parent, error)) from None
+        print(
+            f"\naelab: warning: the file system of {path.parent} has no flock, so aelab cannot "
+            "refuse a second process in this dir (a simultaneous start, or a resume of a run "
+            "that is still alive); make sure there is none.\n",
+            file=sys.stderr,
+        )
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            return fd
+    os.close(fd)
+    return None
+
+
+def create_or_open(path: Path) -> int | None:
+    """The lock file opened, recorded if this process created it; None if it went meanwhile."""
     try:
-        same = os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        same = False
-    if not same:
-        os.close(fd)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        with contextlib.suppress(FileNotFoundError):  # removed between the two opens
+            return os.open(path, os.O_RDWR)
         return None
-    return fd, locked
+    created.record(path)
+    return fd
 
 
 def release(run_dir: Path) -> None:
-    """Give up this process's claim on run_dir, if it holds one."""
-    held = _held.get(lock_path(run_dir))
-    if held is not None:
-        held.release()
+    """Give up this process's claim on run_dir, if it holds one (a sweep's job that ended)."""
+    fd = _held.pop(lock_path(run_dir), None)
+    if fd is not None:
+        os.close(fd)
 
 
-@atexit.register
 def release_all() -> None:
-    """At exit: every claim given up, and a dir this process claimed but wrote nothing to removed
-    (a start refused after its claim leaves no dir behind)."""
-    for held in list(_held.values()):
-        held.release(remove_if_alone=True)
+    for path in list(_held):
+        release(path.parent)
 
 
 def read_holder(fd: int) -> dict:
-    """The holder the lock file names; {} for none (a clean end) or one still being written."""
+    """The holder the lock file names; {} for one still being written."""
     try:
         holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
     except ValueError:
@@ -178,48 +132,8 @@ def read_holder(fd: int) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
-def write_holder(fd: int, purpose: str) -> None:
-    holder = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "purpose": purpose,
-        "process_start": process_start(os.getpid()),
-    }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-    os.fsync(fd)
-
-
-def holder_may_live(holder: dict, refreshed: float, locked: bool) -> bool:
-    """Whether the process the lock file names may still run, once the lock is ours."""
-    if holder.get("host") != socket.gethostname():
-        return time.time() - refreshed < STALE_SECONDS
-    if locked:
-        return False  # a live process on this host would still hold the flock
-    started, recorded = process_start(holder.get("pid")), holder.get("process_start")
-    return started is not None and (started == -1 or recorded in (None, -1) or started == recorded)
-
-
-def process_start(pid) -> int | None:
-    """When process `pid` started, in clock ticks since boot (tells a reused pid apart); None if
-    there is no such process, -1 if it lives but its start cannot be read (no /proc)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # another user's live process
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return -1
-
-
-def in_use_message(run_dir: Path, path: Path, holder: dict, purpose: str) -> str:
-    pid, host = holder.get("pid"), holder.get("host")
+def in_use_message(path: Path, holder: dict, purpose: str) -> str:
+    run_dir, pid, host = path.parent, holder.get("pid"), holder.get("host")
     who = (
         f"process {pid} on host {host} (a {holder.get('purpose', 'run')} started "
         f"{holder.get('since', 'at an unknown time')})"
@@ -232,16 +146,17 @@ def in_use_message(run_dir: Path, path: Path, holder: dict, purpose: str) -> str
         f"their logs and checkpoints, so this one does not {refused}. Wait for that process to "
         f"finish, or stop it (kill {pid or 'PID'} on {host or 'its host'}; SIGTERM saves "
         f"last.ckpt) and then continue it with python train.py resume={run_dir}; to start a "
-        "new run instead, choose another hydra.run.dir. A lock that names another host stops "
-        f"counting {STALE_SECONDS // 60} minutes after its holder last refreshed it (it does "
-        f"every {HEARTBEAT_SECONDS} s while it lives); delete {path} only if you know it is gone."
+        "new run instead, choose another hydra.run.dir."
     )
 
 
-def discard_unused_run_dir(output_dir: Path) -> None:
-    """Remove a run dir that holds only what Hydra wrote before we refused the config (and the
-    dir's claim, aelab.runtime.run_lock)."""
-    if output_dir.is_dir() and all(
-        p.name in (".hydra", LOCK_NAME) or p.suffix == ".log" for p in output_dir.iterdir()
-    ):
-        shutil.rmtree(output_dir, ignore_errors=True)
+def unusable_dir_message(directory: Path, error: OSError) -> str:
+    """A run, sweep or eval dir that cannot be made or written: the path and the reason."""
+    reason = error.strerror or type(error).__name__
+    where = f" ({error.filename})" if error.filename not in (None, str(directory)) else ""
+    return (
+        f"{directory} cannot be used as an output dir: {reason}{where}. It must be a directory "
+        "this user can create and write (not an existing file, nor inside one). Choose another "
+        "with hydra.run.dir=DIR (hydra.sweep.dir=DIR for -m), or leave it at its default, a new "
+        "dir under outputs/."
+    )
