@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 from aelab import CONFIG_DIR
 from aelab.config import SCHEMAS, config_problems
 from aelab.config.schema import Activation, Loss, Pooling, UpsampleMode
-from aelab.runtime import cli
+from aelab.runtime import cli, created
 from tests.conftest import CLEAN_ENVIRONMENT, REPO, compose_config
 
 BAD_VALUES = [
@@ -212,8 +212,12 @@ def test_a_saved_config_as_resume_and_ddp_ranks_load_it_passes(tmp_path):
 
 
 def test_the_run_refuses_what_reaches_it_and_keeps_a_dir_with_a_run_in_it(tmp_path, capsys):
-    """The task function's check (sweep jobs, resumes, DDP ranks): Hydra's files go, a run stays."""
+    """The task function's check (sweep jobs, resumes, DDP ranks): what this process made for
+    the start goes (aelab.runtime.created), a run it did not make stays whole."""
     fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
+    created.make_dir(fresh)  # as the claim makes it, before Hydra writes
+    created.expect(fresh / ".hydra", "tree")
+    created.expect(fresh / "train.log")
     for run_dir in (fresh, resumed):
         (run_dir / ".hydra").mkdir(parents=True)
         (run_dir / "train.log").touch()

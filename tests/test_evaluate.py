@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from aelab import CONFIG_DIR
+from aelab.runtime import created
 from aelab.runtime.evaluate import run
 from aelab.runtime.run_config import load_run_config
 from aelab.runtime.train import build
@@ -126,7 +127,10 @@ def test_bad_inputs_are_explained_and_leave_no_eval_dir(
         a.replace("CKPT", str(checkpoint)).replace("TMP", str(tmp_path)) for a in arguments
     ]
     eval_dir = tmp_path / "eval"
-    (eval_dir / ".hydra").mkdir(parents=True)  # what Hydra writes before the job starts
+    created.make_dir(eval_dir)  # as the claim makes it; then what Hydra writes before the job
+    created.expect(eval_dir / ".hydra", "tree")
+    created.expect(eval_dir / "eval.log")
+    (eval_dir / ".hydra").mkdir()
     (eval_dir / "eval.log").touch()
     with pytest.raises(SystemExit) as exit_:
         run(eval_config(overrides, eval_dir))
