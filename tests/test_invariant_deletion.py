@@ -28,6 +28,7 @@ def users_dir(path: Path, *extra: str) -> Path:
     (path / "server.log").write_text("x\n")
     (path / "sub" / "notes.md").write_text("n\n")
     for name in extra:
+        (path / name).parent.mkdir(exist_ok=True)
         (path / name).write_text("the user's own\n")
     return path
 
@@ -63,6 +64,9 @@ REFUSED_STARTS = {
     "train: a user's train.log in the dir": (
         cli.main, ["seed=1", "hydra.run.dir=DIR"], "already holds a run's files (train.log)",
     ),
+    "train: a user's csv/metrics.csv in the dir": (
+        cli.main, ["seed=1", "hydra.run.dir=DIR"], "already holds a run's files (csv)",
+    ),
     "train -m: a job's bad value": (
         cli.main, ["-m", "DATA", "hydra.sweep.dir=DIR", "data.batch_size=0,64"], "batch_size",
     ),
@@ -81,7 +85,8 @@ REFUSED_STARTS = {
 @pytest.mark.parametrize("case", REFUSED_STARTS)
 def test_every_refused_start_leaves_a_users_dir_byte_for_byte(case, image_folder, tmp_path, capsys):
     entry, arguments, message = REFUSED_STARTS[case]
-    directory = users_dir(tmp_path / "users", *(["train.log"] if "train.log" in case else []))
+    own = [name for name in ("train.log", "csv/metrics.csv") if name in case]
+    directory = users_dir(tmp_path / "users", *own)
     holder = hold(directory) if "holds" in case else None
     before = tree(directory)
     expanded = []

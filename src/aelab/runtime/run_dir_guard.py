@@ -32,12 +32,16 @@ from aelab.runtime.distributed import launch_rank
 from aelab.runtime.requeue import continues_requeued_run
 from aelab.runtime.run_lock import claim, release
 
-RUN_FILES = (".hydra", "checkpoints", "metrics.json")  # with the log: a run's, or a failed start's
+# What a run (or an eval) writes at the top of its dir, besides Hydra's log: a new run would
+# overwrite these, or (Lightning's CSVLogger) delete the metrics.csv it finds.
+RUN_FILES = (".hydra", "checkpoints", "metrics.json", "timing.json", "preview.png", "eval.json")
+LOGGER_DIRS = ("tensorboard", "csv")  # configs/logger: each logger's save dir
 
 
 def run_file_in(directory: Path, log_name: str) -> str | None:
     """The first file in directory that a new run there would overwrite or append to."""
-    return next((n for n in (*RUN_FILES, log_name) if os.path.lexists(directory / n)), None)
+    names = (*RUN_FILES, *LOGGER_DIRS, log_name)
+    return next((n for n in names if os.path.lexists(directory / n)), None)
 
 
 def refuse(directory: Path, what: str) -> None:
