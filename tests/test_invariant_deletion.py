@@ -67,6 +67,9 @@ REFUSED_STARTS = {
     "train: a user's csv/metrics.csv in the dir": (
         cli.main, ["seed=1", "hydra.run.dir=DIR"], "already holds a run's files (csv)",
     ),
+    "train -m: another sweep's multirun.yaml in the dir": (
+        cli.main, ["-m", "seed=1,2", "hydra.sweep.dir=DIR"], "another sweep's files (multirun.yaml)",
+    ),
     "train -m: a job's bad value": (
         cli.main, ["-m", "DATA", "hydra.sweep.dir=DIR", "data.batch_size=0,64"], "batch_size",
     ),
@@ -85,7 +88,7 @@ REFUSED_STARTS = {
 @pytest.mark.parametrize("case", REFUSED_STARTS)
 def test_every_refused_start_leaves_a_users_dir_byte_for_byte(case, image_folder, tmp_path, capsys):
     entry, arguments, message = REFUSED_STARTS[case]
-    own = [name for name in ("train.log", "csv/metrics.csv") if name in case]
+    own = [name for name in ("train.log", "csv/metrics.csv", "multirun.yaml") if name in case]
     directory = users_dir(tmp_path / "users", *own)
     holder = hold(directory) if "holds" in case else None
     before = tree(directory)
