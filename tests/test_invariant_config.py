@@ -181,16 +181,36 @@ def test_a_foreign_saved_config_builds_nothing_at_any_entry_point(name, genuine,
     assert not marker.exists()
 
 
-def test_a_package_header_cannot_move_a_saved_config_into_hydras_settings(genuine, tmp_path):
-    """`# @package hydra` would make the whole file Hydra's settings (its job_logging runs any
-    callable) on resume=, without one _target_."""
+def alias_bomb() -> str:
+    """500 bytes of YAML that a loader expands to 10⁹ values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+def package_header(marker: Path) -> str:
+    """`# @package hydra` makes the file Hydra's settings on resume=: its logging config runs any
+    callable, without one _target_."""
+    handler = {"()": "builtins.open", "file": str(marker), "mode": "w"}
+    logging_ = {"version": 1, "handlers": {"x": handler}, "root": {"handlers": ["x"]}}
+    return "# @package hydra\n" + yaml.safe_dump({"job_logging": logging_})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(package_header, "header directive"), (lambda marker: alias_bomb(), "YAML aliases")],
+)
+def test_a_saved_config_file_hydra_would_misread_is_refused_unread(
+    text, message, genuine, tmp_path
+):
     marker = tmp_path / "marker"
-    config = genuine / ".hydra" / "config.yaml"
-    logging_ = {"version": 1, "handlers": {"x": {"()": "builtins.open", "file": str(marker)}}}
-    config.write_text("# @package hydra\n" + yaml.safe_dump({"job_logging": logging_}))
-    result = run_cli(f"resume={genuine}")
-    assert result.returncode == 2
-    assert "header directive" in result.stderr and "Traceback" not in result.stderr
+    (genuine / ".hydra" / "config.yaml").write_text(text(marker))
+    result = run_cli(f"resume={genuine}", timeout=60)  # refused before torch loads, in a second
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    with pytest.raises(AelabError, match=message):
+        load_run_config(genuine)  # eval.py, the notebook
+    assert message in read_run(genuine, "run").detail  # the report
     assert not marker.exists()
 
 

@@ -16,6 +16,7 @@ from importlib import import_module
 from types import ModuleType
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -43,20 +44,41 @@ MAX_NODES, MAX_DEPTH = 10_000, 50
 DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-def refuse_hydra_settings(text: str, config: Any, source: str) -> None:
-    """Raise AelabError if a saved config file (its text, and as loaded) would set Hydra's own
-    settings when Hydra loads it as its primary config (resume=)."""
-    found = [
-        f"a '{key}:' key" for key in HYDRA_KEYS if isinstance(config, Mapping) and key in config
-    ]
+def refuse_unsafe_yaml(text: str, source: str) -> None:
+    """Raise AelabError, before a saved config's text is parsed, for what aelab never writes
+    there: a header directive (`# @package hydra` makes the whole file Hydra's own settings on
+    resume=), and YAML aliases (a few hundred bytes of them expand to 10⁹ settings when loaded)."""
     if HEADER_DIRECTIVE.search(text):
-        found.append("a '# @' header directive")
+        found = "a '# @' header directive, which Hydra would read to make the file its own settings"
+    elif any(isinstance(event, yaml.AliasEvent) for event in _yaml_events(text)):
+        found = "YAML aliases (*name), which can grow a small file into billions of settings"
+    else:
+        return
+    raise AelabError(
+        f"{source} has {found}; aelab never writes one into a run's config: the file was edited "
+        "or comes from elsewhere. It is refused unread. Remove it, or start a new run."
+    )
+
+
+def _yaml_events(text: str) -> Iterator[yaml.Event]:
+    """The file's YAML events, read without building anything (an alias is not expanded); a
+    syntax error is left for the loader to report."""
+    try:
+        yield from yaml.parse(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return
+
+
+def refuse_hydra_keys(config: Any, source: str) -> None:
+    """Raise AelabError if a saved config has a key that Hydra, loading it as its primary config
+    (resume=), would read as its own settings: its callbacks, logging, or configs to compose."""
+    found = [key for key in HYDRA_KEYS if isinstance(config, Mapping) and key in config]
     if found:
         raise AelabError(
-            f"{source} has {' and '.join(found)}: Hydra would read it as its own settings (its "
+            f"{source} has a '{found[0]}:' key: Hydra would read it as its own settings (its "
             "callbacks, logging, or configs to load) on resume=, and a run's saved config holds "
             "only the run's settings, so aelab never writes one. The file was edited or comes "
-            "from elsewhere; it is refused unread. Remove it, or start a new run."
+            "from elsewhere; it is refused unread. Remove the key, or start a new run."
         )
 
 

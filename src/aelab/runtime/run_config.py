@@ -9,7 +9,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from aelab.config.trusted import TRUSTED_MODULES, refuse_hydra_settings, refuse_untrusted
+from aelab.config.trusted import (
+    TRUSTED_MODULES,
+    refuse_hydra_keys,
+    refuse_unsafe_yaml,
+    refuse_untrusted,
+)
 from aelab.errors import AelabError
 
 RETIRED_PROFILER = "aelab.profiler.NoProfiler"
@@ -40,8 +45,9 @@ def load_run_config(
         )
     try:
         text = path.read_text()
-        cfg = OmegaConf.create(text)  # one read: the header checked is the file loaded
-        refuse_hydra_settings(text, cfg, str(path))
+        refuse_unsafe_yaml(text, str(path))
+        cfg = OmegaConf.create(text)  # one read: the text checked is the text loaded
+        refuse_hydra_keys(cfg, str(path))
         if not isinstance(cfg, DictConfig):
             raise AelabError(f"{path} holds a list, not a run's config.")
         with open_dict(cfg):
