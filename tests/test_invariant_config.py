@@ -307,7 +307,10 @@ def test_train_ckpt_path_exits_2_for_a_foreign_checkpoint(genuine, image_folder,
 
 
 def test_a_genuine_run_passes_every_reader(genuine, tmp_path):
-    """No false refusal: the smoke run's own config and checkpoint are read everywhere."""
+    """No false refusal: the smoke run's own config and checkpoint are read everywhere, and so is
+    text from Hydra's facts about a run, which resolves only inside Hydra."""
+    config = genuine / ".hydra" / "config.yaml"
+    config.write_text(config.read_text() + "tag: ${hydra:job.override_dirname}_${now:%H}\n")
     cfg = load_run_config(genuine)
     assert cfg.optimizer._target_ == "torch.optim.Adam"
     assert resume_arguments([f"resume={genuine}"])[-1] == f"++resume='{genuine}'"

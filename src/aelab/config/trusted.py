@@ -4,8 +4,8 @@
 run dir or a checkpoint it may be anyone's, so what aelab builds from one comes only from classes
 aelab names: its own, torch's optimizers and schedulers, Lightning's Trainer, loggers and callbacks.
 A name is trusted for what it resolves to, not for how it is spelled: `aelab.runtime.train.os.system`
-and `torch.optim.torch.save` resolve through module attributes to functions of other modules, and
-are refused. Only modules under the trusted ones are imported to find out.
+and `torch.optim.optimizer.torch.save` resolve through module attributes to functions of other
+modules, and are refused. Only modules under the trusted ones are imported to find out.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ HEADER_DIRECTIVE = re.compile(r"^\s*#\s*@", re.MULTILINE)  # `# @package hydra` 
 # A run's config holds a few hundred lists and mappings, 4 deep; more is a reference loop or a
 # config that grows when resolved (each level referring twice to the one before).
 MAX_NODES, MAX_DEPTH = 10_000, 50
+# Text that only a Hydra job resolves, from its facts about the run (`${hydra:job.name}`, `${now:%H}`).
+HYDRA_RUN_FACT = re.compile(r"\$\{(hydra:(runtime|job)\.[\w.]+|now:[^${}]*)\}")
 DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -109,17 +111,31 @@ def _containers(node: Any, where: str, source: str, depth: int) -> Iterator[tupl
         raise _too_large(source)
     yield where, node
     for key, position in children:
-        if isinstance(node, DictConfig | ListConfig) and OmegaConf.is_missing(node, key):
+        if _is_config(node) and OmegaConf.is_missing(node, key):
             continue  # ??? builds nothing: the run refuses it as a missing setting
         try:
             child = node[key]
         except OmegaConfBaseException as error:
+            if _hydra_run_fact(node, key):
+                continue
             raise AelabError(
                 f"{source}: {position.removesuffix('.')} does not resolve ("
                 f"{str(error).splitlines()[0]}), so what it would build cannot be checked. It is "
                 "refused unbuilt."
             ) from None
         yield from _containers(child, position, source, depth + 1)
+
+
+def _hydra_run_fact(node: Any, key: Any) -> bool:
+    """Whether a value that does not resolve here is text made only of Hydra's facts about a run
+    (`${hydra:job.override_dirname}`, `${now:%H-%M}`): outside a Hydra job they cannot resolve,
+    and inside one they give text, never a class to build."""
+    raw = OmegaConf.to_container(node, resolve=False)[key] if _is_config(node) else None
+    return isinstance(raw, str) and "${" not in HYDRA_RUN_FACT.sub("", raw)
+
+
+def _is_config(node: Any) -> bool:
+    return isinstance(node, DictConfig | ListConfig)
 
 
 def _too_large(source: str) -> AelabError:
