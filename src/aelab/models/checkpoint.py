@@ -1,5 +1,6 @@
 """Reading aelab checkpoints safely (torch.load with weights_only=True): a checkpoint from
-elsewhere is data, and a pickle that would run code is refused, not executed."""
+elsewhere is data, and a pickle that would run code is refused, not executed, as is a
+hyperparameter that names code aelab does not (aelab.config.trusted)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import torch
 
+from aelab.config.trusted import refuse_untrusted
 from aelab.errors import AelabError
 from aelab.models.autoencoder import ConvAutoEncoder
 
+CONFIG_PARTS = ("aelab", "hyper_parameters")
 TASK_SCRIPTS = {"colorization": "scripts/colorize.py", "reconstruction": "scripts/reconstruct.py"}
 
 
@@ -30,6 +33,8 @@ def read_checkpoint(path: str | Path) -> dict:
     facts = checkpoint.get("aelab") if isinstance(checkpoint, dict) else None
     if not isinstance(facts, dict) or "model" not in facts:
         raise AelabError(f"{path} is not an aelab checkpoint (it has no 'aelab' entry).")
+    for part in CONFIG_PARTS:  # what load_from_checkpoint and load_network build from
+        refuse_untrusted(checkpoint.get(part), f"{path} ({part})")
     return checkpoint
 
 
@@ -69,7 +74,12 @@ def load_network(path: str | Path, task: str) -> ConvAutoEncoder:
             f"{path} holds a network trained for {trained}, not {task}: use it with task={trained} "
             f"(or {TASK_SCRIPTS.get(trained, 'the matching script')})."
         )
-    network = ConvAutoEncoder(**facts["model"])
+    try:
+        network = ConvAutoEncoder(**facts["model"])
+    except TypeError as error:  # settings that are not ConvAutoEncoder's, or not a dict of them
+        raise AelabError(
+            f"{path}: its network settings are not a ConvAutoEncoder's ({error})."
+        ) from None
     weights = {
         key.removeprefix("model."): value
         for key, value in checkpoint["state_dict"].items()

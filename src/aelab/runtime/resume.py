@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aelab.errors import AelabError
 from aelab.runtime.distributed import launch_rank
+from aelab.runtime.run_config import load_run_config
 from aelab.runtime.run_lock import claim
 
 PREFIX = "resume="
@@ -54,6 +55,7 @@ def resumable_run_dir(path: str) -> Path:
             f"resume={path}: {run_dir} is not a run dir (it has no .hydra/config.yaml). Give the "
             "dir of the run to continue, e.g. resume=outputs/runs/<date>_<time>.<µs>."
         )
+    load_run_config(run_dir)  # Hydra will load it: refused here if it names code aelab does not
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file() and not last.with_name("last.ckpt.prev").is_file():
         raise AelabError(

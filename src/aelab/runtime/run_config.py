@@ -1,18 +1,33 @@
-"""A finished run's config, read back outside Hydra (by eval.py, or in a notebook)."""
+"""A run's config, read back outside Hydra (by eval.py, resume=, the report, or in a notebook)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from aelab.config.trusted import (
+    TRUSTED_MODULES,
+    refuse_hydra_keys,
+    refuse_unsafe_yaml,
+    refuse_untrusted,
+)
 from aelab.errors import AelabError
 
 RETIRED_PROFILER = "aelab.profiler.NoProfiler"
 
 
-def load_run_config(run_dir: str | Path, output_dir: str | Path | None = None) -> DictConfig:
-    """RUN_DIR/.hydra/config.yaml with paths.output_dir set to output_dir (default: run_dir).
+def load_run_config(
+    run_dir: str | Path,
+    output_dir: str | Path | None = None,
+    trusted_modules: Sequence[str] = TRUSTED_MODULES,
+) -> DictConfig:
+    """RUN_DIR/.hydra/config.yaml with paths.output_dir set to output_dir (default: run_dir),
+    refused unless everything it would build is a class of `trusted_modules` (aelab.config.trusted):
+    a run dir may come from anyone.
 
     The saved config says `output_dir: ${hydra:runtime.output_dir}`, which resolves only inside a
     Hydra job; with a concrete path in its place every setting resolves. This is the way to read a
@@ -28,10 +43,20 @@ def load_run_config(run_dir: str | Path, output_dir: str | Path | None = None) -
             f"{run_dir} is not a run dir: it has no .hydra/config.yaml. Give the dir of a run "
             "written by python train.py, e.g. outputs/runs/<date>_<time>.<µs>."
         )
-    cfg = OmegaConf.load(path)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir if output_dir is not None else run_dir)
-        # Older runs named a no-op profiler that aelab no longer ships; it recorded nothing.
-        if OmegaConf.select(cfg, "trainer.profiler._target_") == RETIRED_PROFILER:
-            del cfg.trainer["profiler"]
+    try:
+        text = path.read_text()
+        refuse_unsafe_yaml(text, str(path))
+        cfg = OmegaConf.create(text)  # one read: the text checked is the text loaded
+        refuse_hydra_keys(cfg, str(path))
+        if not isinstance(cfg, DictConfig):
+            raise AelabError(f"{path} holds a list, not a run's config.")
+        with open_dict(cfg):
+            output_dir = str(output_dir if output_dir is not None else run_dir)
+            OmegaConf.update(cfg, "paths.output_dir", output_dir, force_add=True)
+            # Older runs named a no-op profiler that aelab no longer ships; it recorded nothing.
+            if OmegaConf.select(cfg, "trainer.profiler._target_") == RETIRED_PROFILER:
+                del cfg.trainer["profiler"]
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+        raise AelabError(f"{path} cannot be read: {error}") from None
+    refuse_untrusted(cfg, str(path), trusted_modules)
     return cfg

@@ -17,6 +17,7 @@ from torchmetrics import MeanMetric
 
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
+from aelab.models.checkpoint import read_checkpoint
 from aelab.tasks.losses import CLASSIFICATION_LOSSES, LOSSES
 from aelab.tasks.metrics import ScoreMeans
 
@@ -213,6 +214,29 @@ class AutoEncoderTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": factory(optimizer), **settings},
         }
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path,
+        map_location=None,
+        hparams_file=None,
+        strict=None,
+        weights_only: bool | None = None,
+        **kwargs,
+    ):
+        """Lightning's, with the file read as data: aelab.models.checkpoint.read_checkpoint refuses a
+        pickle that would run code, and hyperparameters that name code aelab does not, first."""
+        if weights_only is False:
+            raise AelabError(
+                "load_from_checkpoint reads aelab checkpoints as tensors and plain values only "
+                "(weights_only=True): they hold nothing else, and a checkpoint from elsewhere "
+                "could run code when unpickled. Leave weights_only out."
+            )
+        read_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
+        )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         partial_epoch = checkpoint.get("aelab_epoch_loss")
