@@ -288,3 +288,27 @@ def test_a_sweeps_job_list_is_the_one_hydras_basic_sweeper_runs():
         ["loss=mse", "pooling=max", "experiment=task2_pooling", "seed=1"],
         ["loss=mse", "pooling=max", "experiment=task2_pooling", "seed=2"],
     ]
+
+
+def test_a_sweeps_jobs_are_found_by_their_overrides_and_unstarted_ones_are_not_run(tmp_path):
+    """For the report: any hydra.sweep.subdir, and sweeps further down the dir given."""
+    from aelab.runtime.sweeps import jobs_not_run
+
+    sweep = tmp_path / "study" / "sweep"
+    jobs = [["loss=bce"], ["loss=mse"], ["loss=ce"]]
+    sweep.mkdir(parents=True)
+    (sweep / "sweep.json").write_text(
+        json.dumps({"jobs": [{"job": n, "overrides": o} for n, o in enumerate(jobs)]})
+    )
+    for name, overrides, status in (("0", jobs[0], "completed"), ("mse", jobs[1], None)):
+        (sweep / name / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(overrides), sweep / name / ".hydra" / "overrides.yaml")
+        if status:
+            (sweep / name / "metrics.json").write_text(json.dumps({"status": status}))
+    assert [(j.number, j.run_dir, j.status) for j in sweep_jobs(sweep)] == [
+        (0, sweep / "0", "completed"),
+        (1, sweep / "mse", None),
+        (2, None, "not run"),
+    ]
+    ((where, job),) = jobs_not_run(tmp_path)
+    assert where == sweep and job.overrides == ("loss=ce",)

@@ -36,7 +36,9 @@ def resume_arguments(argv: list[str]) -> list[str]:
         )
     path = argv[0].removeprefix(PREFIX)
     if is_sweep_dir(Path(path).expanduser()):
-        sys.exit(continue_sweep(Path(path).expanduser().resolve(), sys.argv[0]))
+        sweep_dir = Path(path).expanduser().resolve()
+        claim(sweep_dir, "resume")  # a sweep whose process still lives is refused
+        sys.exit(continue_sweep(sweep_dir, sys.argv[0]))
     run_dir = resumable_run_dir(path)
     return [
         f"--config-path={run_dir / '.hydra'}",

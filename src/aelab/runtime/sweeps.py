@@ -117,6 +117,18 @@ def sweep_jobs(sweep_dir: str | Path) -> list[SweepJob]:
     return jobs
 
 
+def jobs_not_run(directory: str | Path) -> list[tuple[Path, SweepJob]]:
+    """Every listed sweep under directory (itself included) with each of its jobs that never
+    started: what a report shows as "not run", besides the run dirs it finds."""
+    manifests = sorted(Path(directory).rglob(MANIFEST))
+    return [
+        (manifest.parent, job)
+        for manifest in manifests
+        for job in sweep_jobs(manifest.parent)
+        if job.run_dir is None
+    ]
+
+
 def _status(run_dir: Path | None) -> str | None:
     if run_dir is None:
         return "not run"
@@ -157,6 +169,7 @@ def continue_sweep(sweep_dir: Path, script: str) -> int:
             arguments = [f"resume={job.run_dir}"]
         print(f"aelab: sweep job {job.number} ({' '.join(job.overrides)})", file=sys.stderr)
         code = run_forwarding_signals([sys.executable, script, *arguments])
+        code = 128 - code if code < 0 else code  # killed by a signal before it could answer
         if code != 0:
             if code > 128:
                 print(
