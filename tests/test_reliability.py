@@ -127,26 +127,6 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches(run_args, refere
     assert_same_run(run_dir, reference)
 
 
-def test_a_truncated_last_checkpoint_resumes_from_the_one_before_and_matches(
-    run_args, reference, tmp_path
-):
-    run_dir = tmp_path / "run"
-    process = start(*run_args, f"hydra.run.dir={run_dir}")
-    wait_for(run_dir / "checkpoints" / "last.ckpt.prev", process)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=60) == -signal.SIGKILL
-    last = run_dir / "checkpoints" / "last.ckpt"
-    before = load(last.with_name("last.ckpt.prev"))["global_step"]
-    last.write_bytes(last.read_bytes()[:1000])
-
-    resumed = start(f"resume={run_dir}")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
-
-    said = " ".join(resumed.stderr.read().split())
-    assert f"{last} could not be loaded" in said and f"step {before}), now {last}" in said
-    assert_same_run(run_dir, reference)
-
-
 def test_a_requeued_slurm_job_continues_its_run_from_the_last_checkpoint(
     run_args, reference, tmp_path
 ):
@@ -183,7 +163,7 @@ while True:
 
 
 def test_a_kill_during_saving_always_leaves_a_loadable_last_checkpoint(tmp_path):
-    """And the one before it as last.ckpt.prev; what a killed save left goes at the next save."""
+    """Never a half-written last.ckpt; what a killed save left goes at the next save."""
     path = tmp_path / "checkpoints" / "last.ckpt"
     generator, killed = random.Random(0), []
     for _ in range(3):
@@ -191,7 +171,7 @@ def test_a_kill_during_saving_always_leaves_a_loadable_last_checkpoint(tmp_path)
             [sys.executable, "-c", SAVE_FOREVER, str(path)], stdout=subprocess.PIPE, text=True
         )
         assert process.stdout.readline() == "saving\n"
-        while not path.with_name("last.ckpt.prev").exists():  # two saves done
+        while not path.exists():
             time.sleep(0.01)
         time.sleep(generator.random() * 0.3)
         process.kill()
@@ -199,36 +179,14 @@ def test_a_kill_during_saving_always_leaves_a_loadable_last_checkpoint(tmp_path)
         process.stdout.close()
         killed.append(process.pid)
         weights = load(path)["state_dict"]["w"]
-        before = load(path.with_name("last.ckpt.prev"))["state_dict"]["w"]
-        assert weights.shape == before.shape == (2_000_000,)
-        assert bool((weights == weights[0]).all()) and bool((before == before[0]).all())
-        # One save back; two if the kill came between the new file's rename and the old one's.
-        assert weights[0] - before[0] in (1, 2)
+        assert weights.shape == (2_000_000,) and bool((weights == weights[0]).all())
     assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".")) == [
-        "last.ckpt",
-        "last.ckpt.prev",
+        "last.ckpt"
     ]
     for pid in killed:  # what a kill at any moment of a save can leave
         path.with_name(f".last.ckpt.tmp{pid}").write_bytes(b"half")
-        path.with_name(f".last.ckpt.prev.tmp{pid}").write_bytes(b"half")
     AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, path)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt", "last.ckpt.prev"]
-
-
-def test_last_checkpoint_keeps_the_one_before_and_lightning_removes_both(tmp_path):
-    io, last = AtomicCheckpointIO(), tmp_path / "last.ckpt"
-    for step in (1, 2, 3):
-        io.save_checkpoint({"global_step": step}, last)
-        io.save_checkpoint({"global_step": step}, tmp_path / "best.ckpt")
-    assert load(last)["global_step"] == 3 and load(tmp_path / "last.ckpt.prev")["global_step"] == 2
-    assert last.stat().st_ino != (tmp_path / "last.ckpt.prev").stat().st_ino
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.ckpt",
-        "last.ckpt",
-        "last.ckpt.prev",
-    ]
-    io.remove_checkpoint(last)  # what ModelCheckpoint calls for a superseded checkpoint
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
 def test_a_save_removes_only_the_leftovers_of_processes_that_are_gone(tmp_path):
@@ -300,6 +258,21 @@ def fake_checkpoint(path: Path, step: int) -> bytes:
     return path.read_bytes()
 
 
+def failed_run(run_dir: Path) -> Path:
+    fake_run(run_dir)
+    (run_dir / "metrics.json").write_text('{"status": "failed"}\n')
+    return run_dir
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_again(tmp_path):
+    """Interrupted in its setup, or killed before it wrote metrics.json: nothing was trained."""
+    for name, status in (("interrupted", '{"status": "interrupted"}\n'), ("unstarted", None)):
+        run_dir = fake_run(tmp_path / name)
+        if status:
+            (run_dir / "metrics.json").write_text(status)
+        assert resume_arguments([f"resume={run_dir}"])[-1] == f"++resume='{run_dir}'"
+
+
 def interrupted_run(run_dir: Path) -> Path:
     fake_run(run_dir)
     (run_dir / "metrics.json").write_text('{"status": "interrupted"}\n')
@@ -337,7 +310,7 @@ def test_resume_rewrites_the_command_line_to_the_runs_own_config(tmp_path):
     ("make", "extra", "message"),
     [
         (lambda d: d, [], "not a run dir"),
-        (fake_run, [], "no checkpoints/last.ckpt"),
+        (lambda d: failed_run(d), [], "stopped \\(failed\\) before its first checkpoint"),
         (fake_run, ["loss=mse"], "takes no other arguments"),
     ],
 )
@@ -363,31 +336,6 @@ def test_resume_of_a_truncated_last_checkpoint_names_it_and_keeps_the_status(tmp
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{last} could not be loaded" in " ".join(result.stderr.split())
     assert "ckpt_path=" in result.stderr
-    assert (run_dir / "metrics.json").read_text() == '{"status": "interrupted"}\n'
-
-
-@pytest.mark.parametrize("damage", [lambda data: data[:300], lambda data: b"", None])
-def test_resume_falls_back_to_the_checkpoint_before_an_unreadable_last(damage, tmp_path, capsys):
-    run_dir = interrupted_run(tmp_path / "old")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    before = fake_checkpoint(last.with_name("last.ckpt.prev"), step=20)
-    newest = fake_checkpoint(last, step=30)
-    if damage is None:
-        last.unlink()  # a save killed where no hard link could be made
-    else:
-        last.write_bytes(damage(newest))
-    (last.parent / ".last.ckpt.tmp999999999").write_bytes(b"half")  # a killed save's
-    resume_arguments([f"resume={run_dir}"])
-    assert last.read_bytes() == before and not last.with_name("last.ckpt.prev").exists()
-    said = " ".join(capsys.readouterr().err.split())
-    assert (
-        f"Continuing from the checkpoint saved before it instead (epoch 2, step 20), now {last}"
-        in said
-    )
-    names = {"last.ckpt"} | ({"last.ckpt.unreadable"} if damage else set())
-    assert {p.name for p in last.parent.iterdir()} == names
-    if damage is not None:
-        assert last.with_name("last.ckpt.unreadable").read_bytes() == damage(newest)
     assert (run_dir / "metrics.json").read_text() == '{"status": "interrupted"}\n'
 
 

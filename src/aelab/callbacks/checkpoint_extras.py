@@ -1,13 +1,18 @@
-"""What Lightning leaves out of a checkpoint for an exact resume: random states, flushed logs."""
+"""What Lightning leaves out of a checkpoint for an exact resume, and what a resume must carry
+over: random states, flushed logs, checkpoint paths that follow the run dir, CSV rows."""
 
 from __future__ import annotations
 
+import csv
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 
 class RandomStates(L.Callback):
@@ -59,3 +64,70 @@ class FlushLogsWithCheckpoints(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, task: L.LightningModule, checkpoint) -> None:
         for logger in trainer.loggers:
             logger.save()
+
+
+class CheckpointPathsInRunDir(L.Callback):
+    """ModelCheckpoint's state names its files relative to its dirpath in every checkpoint, and
+    they are read back into the dirpath of the run that loads it, so a run dir moved between a
+    stop and its resume keeps its best checkpoint and score (ModelCheckpoint would drop the score
+    and keep the old absolute path of best.ckpt)."""
+
+    PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, task: L.LightningModule, checkpoint) -> None:
+        for _, state in _checkpoint_states(trainer, checkpoint):
+            state.update(_moved(state, Path(state["dirpath"]), Path(".")))
+
+    def on_load_checkpoint(self, trainer: L.Trainer, task: L.LightningModule, checkpoint) -> None:
+        for callback, state in _checkpoint_states(trainer, checkpoint):
+            saved_in = Path(state.get("dirpath") or callback.dirpath)
+            state.update(_moved(state, saved_in, Path(callback.dirpath)))
+
+
+def _checkpoint_states(trainer: L.Trainer, checkpoint: dict) -> list[tuple[ModelCheckpoint, dict]]:
+    """Each ModelCheckpoint of the trainer with its state in the checkpoint (if it has one)."""
+    states = checkpoint.get("callbacks") or {}
+    return [
+        (callback, states[callback.state_key])
+        for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint)
+        and callback.dirpath
+        and isinstance(states.get(callback.state_key), dict)
+        and "dirpath" in states[callback.state_key]
+    ]
+
+
+def _moved(state: dict, old: Path, new: Path) -> dict:
+    """The state's file paths and dirpath moved from dir `old` to dir `new`."""
+
+    def move(path):
+        if not path:
+            return path
+        try:
+            return str(new / (old / path).relative_to(old))
+        except ValueError:  # a file outside the dirpath: left as it is
+            return path
+
+    moved = {key: move(state[key]) for key in CheckpointPathsInRunDir.PATHS if key in state}
+    if isinstance(state.get("best_k_models"), dict):
+        moved["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
+    return {**moved, "dirpath": str(new)}
+
+
+def keep_csv_rows(loggers: list) -> None:
+    """A resumed run's CSVLogger goes on with the rows the run logged before its stop: Lightning's
+    CSV writer deletes an existing metrics.csv when it starts, so its rows are read first and
+    logged again through the writer (before anything new), in their order and with their steps."""
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        writer = logger.experiment  # created now: this deletes the file
+        for row in rows:
+            values = {key: value for key, value in row.items() if key != "step" and value != ""}
+            writer.log_metrics(values, step=int(row["step"]) if row.get("step") else None)
+        writer.save()

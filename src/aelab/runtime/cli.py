@@ -17,6 +17,7 @@ from aelab.config.suggest import did_you_mean
 from aelab.errors import AelabError
 from aelab.runtime.distributed import child_arguments, launch_rank
 from aelab.runtime.resume import resume_arguments
+from aelab.runtime.stops import listening
 
 # Hydra's errors in the command line or the config files (an unknown group option, a key typo):
 # Hydra prints them, with the choices, and exits 1; they are the user's, so aelab exits 2.
@@ -54,18 +55,20 @@ def exit_2_for_command_line_errors(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
-    refuse_invalid_settings(cfg, "train")
-    from aelab.runtime.train import run  # torch and Lightning load only when there is a run to do
+    with listening():  # a stop signal from here on ends the job as an interruption
+        refuse_invalid_settings(cfg, "train")
+        from aelab.runtime.train import run  # torch and Lightning load only for a run to do
 
-    return run(cfg)
+        return run(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def hydra_eval_main(cfg: DictConfig) -> None:
-    refuse_invalid_settings(cfg, "eval")
-    from aelab.runtime.evaluate import run  # torch and Lightning load only once the line is parsed
+    with listening():
+        refuse_invalid_settings(cfg, "eval")
+        from aelab.runtime.evaluate import run  # torch and Lightning load once the line is parsed
 
-    run(cfg)
+        run(cfg)
 
 
 def error_text(error: BaseException) -> str:

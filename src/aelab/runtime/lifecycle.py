@@ -20,13 +20,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from aelab.callbacks import TrainingDiverged, TrainingInterrupted
+from aelab.callbacks import TrainingDiverged
 from aelab.errors import AelabError
 from aelab.runtime import created
 from aelab.runtime.distributed import export_run_to_children, launch_rank, launch_state_restored
 from aelab.runtime.heap import frozen_heap
 from aelab.runtime.requeue import hand_over
 from aelab.runtime.run_dir_guard import discard_refused_start
+from aelab.runtime.stops import LISTENER, TrainingInterrupted, listening
+from aelab.runtime.sweeps import sweep_continuation
 
 log = logging.getLogger("aelab")
 
@@ -108,12 +110,23 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def guarded(job: Callable[[DictConfig, Path], float | None], cfg: DictConfig) -> float | None:
+def guarded(
+    job: Callable[[DictConfig, Path], float | None], cfg: DictConfig, resumable: bool = False
+) -> float | None:
     """Run `job` (train or evaluate) in the run dir, with torch threads set for this job; a
-    user's mistake is explained and exits 2, a stop signal leaves a resumable run."""
+    user's mistake is explained and exits 2; a stop signal in any phase leaves an interrupted run
+    and exits 128 + its number (with the command that continues it, for a `resumable` job); a
+    refused resume leaves the run's status as it was."""
+    with listening():
+        return guarded_job(job, cfg, resumable)
+
+
+def guarded_job(job, cfg: DictConfig, resumable: bool) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     silence_misleading_warnings()
+    status_before = read_status_file(output_dir) if cfg.get("resume") else None
     try:
+        LISTENER.act()  # a signal that came while the job was being set up stops it here
         torch.set_num_threads(
             threads_per_job(cfg.get("threads"), parallel_jobs(), available_cores())
         )
@@ -126,11 +139,13 @@ def guarded(job: Callable[[DictConfig, Path], float | None], cfg: DictConfig) ->
             # Lightning kill rank zero before it has written the run's status.
             sys.exit(0 if isinstance(error, TrainingInterrupted | TrainingDiverged) else 2)
         if isinstance(error, TrainingInterrupted):
-            resume = f"python train.py resume={output_dir}"
-            write_status(output_dir, "interrupted", error=str(error), resume=resume)
-            print(f"\naelab: {error}. Continue with: {resume}\n", file=sys.stderr)
-            hand_over(error.signum)
+            report_interruption(output_dir, error, resumable)
+            hand_over(error.signum, LISTENER.previous_handler(error.signum))
             sys.exit(128 + error.signum)
+        if status_before is not None and isinstance(error, AelabError):
+            (output_dir / "metrics.json").write_text(status_before)  # still resumable
+            print(f"\naelab: {error}\n", file=sys.stderr)
+            sys.exit(2)
         if not created.is_kept(output_dir):  # refused before the run started
             discard_refused_start(output_dir)
         else:
@@ -142,3 +157,27 @@ def guarded(job: Callable[[DictConfig, Path], float | None], cfg: DictConfig) ->
         if launch_rank() == 0 and output_dir.is_dir():
             write_status(output_dir, "failed", error=f"{type(error).__name__}: {error}")
         raise
+
+
+def read_status_file(output_dir: Path) -> str | None:
+    try:
+        return (output_dir / "metrics.json").read_text()
+    except OSError:
+        return None
+
+
+def report_interruption(output_dir: Path, stop: TrainingInterrupted, resumable: bool) -> None:
+    """metrics.json says "interrupted" and how to continue; stderr says the same."""
+    if not resumable:
+        write_status(output_dir, "interrupted", error=str(stop))
+        print(f"\naelab: {stop}. Nothing was kept; run the same command again.\n", file=sys.stderr)
+        return
+    resume = f"python train.py resume={output_dir}"
+    sweep = sweep_continuation(output_dir)
+    facts = {"resume": resume, **({"resume_sweep": sweep} if sweep else {})}
+    write_status(output_dir, "interrupted", error=str(stop), **facts)
+    if sweep:
+        advice = f"Continue the sweep (this job, then those not run yet) with: {sweep}"
+    else:
+        advice = f"Continue with: {resume}"
+    print(f"\naelab: {stop}. {advice}\n", file=sys.stderr)

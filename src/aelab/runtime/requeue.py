@@ -1,6 +1,6 @@
 """A SLURM job requeued after a stop continues its run from last.ckpt, the way `resume=` does.
 
-One mechanism for every stop: SaveOnSignal saves last.ckpt when the signal comes (SIGUSR1 from
+One mechanism for every stop (aelab.runtime.stops): SaveOnSignal saves last.ckpt when the signal comes (SIGUSR1 from
 `sbatch --signal=USR1@120`, SIGUSR2 from submitit, SIGTERM on preemption), then hand_over lets
 the job be requeued: submitit's own handler requeues a sweep's job, `scontrol requeue` a plain
 sbatch job. SLURM starts the requeued job with the same command line (or submitit with the same
@@ -33,22 +33,14 @@ def continues_requeued_run(run_dir: Path) -> bool:
         return True
 
 
-def stop_signals(names: tuple[str, ...]) -> tuple[str, ...]:
-    """The signals to save and stop on. Under submitit on SLURM not SIGTERM: a preemption sends
-    SIGTERM and then submitit's SIGUSR2, and only the latter's handler requeues the job."""
-    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-        return tuple(name for name in names if name != "SIGTERM")
-    return names
-
-
-def hand_over(signum: int) -> None:
+def hand_over(signum: int, previous) -> None:
     """After last.ckpt is saved: have the job requeued, if a scheduler asked for the stop.
 
-    A handler that was there before aelab's (submitit's requeue) is called; it may exit. A plain
-    sbatch job that got SIGUSR1 is requeued with scontrol, as Lightning's SLURM support does.
+    `previous`, the handler that was there before aelab's (submitit's requeue), is called; it
+    may exit. A plain sbatch job that got SIGUSR1 is requeued with scontrol, as Lightning's SLURM
+    support does.
     """
-    previous = signal.getsignal(signum)
-    if callable(previous):
+    if callable(previous) and previous is not signal.default_int_handler:
         previous(signum, None)
     elif signum == signal.SIGUSR1 and "SLURM_JOB_ID" in os.environ and shutil.which("scontrol"):
         job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])

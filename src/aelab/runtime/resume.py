@@ -5,13 +5,14 @@ for arguments that make Hydra load RUN_DIR/.hydra/config.yaml itself (not a conf
 from today's config files), write into RUN_DIR, and leave RUN_DIR/.hydra untouched
 (hydra.output_subdir=null). The run then finds `resume` set and continues from last.ckpt.
 Before that, RUN_DIR is claimed (aelab.runtime.run_lock), so a run whose process still lives is
-refused, and a last.ckpt that cannot be read gives way to the one saved before it.
+refused. A run stopped before its first checkpoint (interrupted in its setup, or killed before
+it wrote metrics.json) starts again from the beginning in its dir. `resume=SWEEP_DIR` continues
+a sweep instead (aelab.runtime.sweeps): its unfinished jobs, then those not run yet.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from aelab.errors import AelabError
 from aelab.runtime.distributed import launch_rank
 from aelab.runtime.run_config import load_run_config
 from aelab.runtime.run_lock import claim
+from aelab.runtime.sweeps import continue_sweep, is_sweep_dir
 
 PREFIX = "resume="
 
@@ -33,7 +35,12 @@ def resume_arguments(argv: list[str]) -> list[str]:
             "with (RUN_DIR/.hydra/config.yaml), so that it ends exactly where the uninterrupted "
             "run would. To train with other settings, start a new run."
         )
-    run_dir = resumable_run_dir(argv[0].removeprefix(PREFIX))
+    path = argv[0].removeprefix(PREFIX)
+    if is_sweep_dir(Path(path).expanduser()):
+        sweep_dir = Path(path).expanduser().resolve()
+        claim(sweep_dir, "resume")  # a sweep whose process still lives is refused
+        sys.exit(continue_sweep(sweep_dir, sys.argv[0]))
+    run_dir = resumable_run_dir(path)
     return [
         f"--config-path={run_dir / '.hydra'}",
         "--config-name=config",
@@ -57,21 +64,23 @@ def resumable_run_dir(path: str) -> Path:
         )
     load_run_config(run_dir)  # Hydra will load it: refused here if it names code aelab does not
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file() and not last.with_name("last.ckpt.prev").is_file():
-        raise AelabError(
-            f"resume={path}: {run_dir} has no checkpoints/last.ckpt: the run stopped before its "
-            "first checkpoint, so there is nothing to continue. Start it again with the overrides "
-            "in its .hydra/overrides.yaml."
-        )
-    if run_status(run_dir) == "completed":
+    status = run_status(run_dir)
+    if status == "completed":
         raise AelabError(f"resume={path}: {run_dir} has completed; there is nothing to continue.")
+    if not last.is_file() and status not in (None, "interrupted"):
+        raise AelabError(
+            f"resume={path}: {run_dir} has no checkpoints/last.ckpt: the run stopped ({status}) "
+            "before its first checkpoint, so there is nothing to continue. Start it again with "
+            "the overrides in its .hydra/overrides.yaml."
+        )
     if launch_rank() > 0:
         return run_dir  # rank zero has claimed the run and checked its checkpoint
     claim(run_dir, "resume")  # before torch loads: a live run is refused at once
-    from aelab.runtime.checkpoint_io import remove_temporaries
+    if last.is_file():
+        from aelab.runtime.checkpoint_io import remove_temporaries
 
-    remove_temporaries(last.parent, every=True)  # the lock is ours: no save of another is running
-    refuse_manual_optimization_checkpoint(last, usable_last_checkpoint(run_dir))
+        remove_temporaries(last.parent)  # the lock is ours: no save of another is running
+        refuse_manual_optimization_checkpoint(last, usable_last_checkpoint(run_dir))
     return run_dir
 
 
@@ -85,44 +94,20 @@ def run_status(run_dir: Path) -> str | None:
 
 
 def usable_last_checkpoint(run_dir: Path, required: bool = True) -> dict | None:
-    """The contents of RUN_DIR/checkpoints/last.ckpt. If it cannot be read and last.ckpt.prev (the
-    one saved before it) can, that one takes its place, the damaged file is kept as
-    last.ckpt.unreadable, and stderr says so. None if neither exists and not `required`."""
+    """The contents of RUN_DIR/checkpoints/last.ckpt (written atomically, so whole unless damaged
+    after the fact); None if it does not exist and is not `required`. One that cannot be read is
+    named, and the run's status is left as it was."""
     from aelab.models.checkpoint import read_checkpoint  # torch loads only for a resume
-    from aelab.runtime.checkpoint_io import previous_path
 
     last = run_dir / "checkpoints" / "last.ckpt"
-    previous, unreadable = previous_path(last), last.with_name("last.ckpt.unreadable")
-    problems = {}
-    for candidate in (last, previous):
-        if not candidate.is_file():
-            continue
-        try:
-            checkpoint = read_checkpoint(candidate)
-        except AelabError as error:
-            problems[candidate] = str(error)
-            continue
-        except Exception as error:  # read_checkpoint can fail on an error that has no text
-            problems[candidate] = f"{candidate} could not be read ({type(error).__name__})."
-            continue
-        if candidate == previous:
-            if last.exists():
-                os.replace(last, unreadable)
-            os.replace(previous, last)
-            kept = f"; the unreadable file is kept as {unreadable}" if unreadable.exists() else ""
-            print(
-                f"\naelab: {problems.get(last, f'{last} is missing.')} Continuing from the "
-                f"checkpoint saved before it instead (epoch {checkpoint.get('epoch')}, step "
-                f"{checkpoint.get('global_step')}), now {last}{kept}.\n",
-                file=sys.stderr,
-            )
-        return checkpoint
-    if not problems and not required:
+    if not last.is_file() and not required:
         return None
+    try:
+        return read_checkpoint(last)
+    except Exception as error:  # read_checkpoint can fail on an error that has no text
+        problem = str(error) if isinstance(error, AelabError) else f"{last} could not be read."
     raise AelabError(
-        " ".join(problems.values() or [f"{last} does not exist."])
-        + f" No earlier checkpoint can be read either ({previous.name} keeps the one before "
-        "last.ckpt), so the run cannot continue where it stopped; its status is left as it was. "
+        f"{problem} The run cannot continue where it stopped; its status is left as it was. "
         "Start a new run from its weights instead: python train.py ckpt_path="
         f"{last.with_name('best.ckpt')} (with the run's overrides from .hydra/overrides.yaml)."
     )

@@ -22,7 +22,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from aelab.callbacks import EpochTimer, FlushLogsWithCheckpoints, RandomStates
+from aelab.callbacks import (
+    CheckpointPathsInRunDir,
+    EpochTimer,
+    FlushLogsWithCheckpoints,
+    RandomStates,
+)
+from aelab.callbacks.checkpoint_extras import keep_csv_rows
 from aelab.errors import AelabError
 from aelab.models.autoencoder import bottleneck
 from aelab.models.checkpoint import load_network
@@ -32,18 +38,29 @@ from aelab.runtime.lifecycle import guarded, training_process, write_status
 from aelab.runtime.requeue import continues_requeued_run
 
 log = logging.getLogger("aelab")
+PATH_KEYS = ("dirpath", "save_dir", "output_dir")  # where a callback or logger writes files
+CKPT_PATH_ADVICE = (
+    "Use the overrides the checkpoint's run was trained with (its .hydra/overrides.yaml)."
+)
+RESUME_ADVICE = (
+    "Its .hydra/config.yaml was changed after the run started: put back the values it was "
+    "trained with. A resumed run keeps its config; other settings need a new run (ckpt_path=)."
+)
 
 
 def run(cfg: DictConfig) -> float | None:
     """What `python train.py` does with its config."""
-    return guarded(train, cfg)
+    return guarded(train, cfg, resumable=True)
 
 
 def train(cfg: DictConfig, output_dir: Path) -> float | None:
+    refuse_files_outside(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
     task, datamodule = build(cfg)
     resume_from = resume_checkpoint(cfg, output_dir)
-    if cfg.get("ckpt_path") and not resume_from:
+    if resume_from:
+        refuse_other_network(resume_from, task, RESUME_ADVICE)
+    elif cfg.get("ckpt_path"):
         start_from_weights(task, cfg.ckpt_path)
     owner = launch_rank() == 0  # rank zero writes the run's files; other ranks only train
     if owner:  # data errors surface here, before a logger or checkpoint exists
@@ -54,7 +71,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
 
     model_facts = bottleneck(task.model, datamodule.image_size)
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
-    trainer, loggers = build_trainer(cfg)
+    trainer, loggers = build_trainer(cfg, bool(resume_from))
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and owner and not resume_from:
             logger.experiment.add_text("model/bottleneck", model_facts["summary"])
@@ -156,34 +173,53 @@ def lr_scheduler(node: DictConfig) -> dict:
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
-    """last.ckpt of this run dir when resuming (resume=, or a requeued SLURM job), else None."""
+    """last.ckpt of this run dir when resuming (resume=, or a requeued SLURM job), else None: a
+    run stopped before its first checkpoint starts again from the beginning."""
     last = output_dir / "checkpoints" / "last.ckpt"
-    if cfg.get("resume") or (continues_requeued_run(output_dir) and last.is_file()):
-        log.info("Resuming from %s", last)
-        return last
-    return None
+    if not (cfg.get("resume") or continues_requeued_run(output_dir)):
+        return None
+    if not last.is_file():
+        log.info("Starting again from the beginning: the run stopped before its first checkpoint")
+        return None
+    log.info("Resuming from %s", last)
+    return last
 
 
 def start_from_weights(task: L.LightningModule, path: str) -> None:
     """ckpt_path=PATH: a new run that starts from a checkpoint's network weights only (fresh
     optimizer, scheduler and epoch count), for fine-tuning or training longer."""
-    network = load_network(path, task.name)
-    if network.config() != task.model.config():
-        differs = sorted(k for k, v in network.config().items() if task.model.config()[k] != v)
-        raise AelabError(
-            f"ckpt_path={path} holds a network with other settings than this run's ("
-            + ", ".join(f"{k}: {network.config()[k]} vs {task.model.config()[k]}" for k in differs)
-            + "). Use the overrides the checkpoint's run was trained with (its .hydra/overrides.yaml)."
-        )
+    network = refuse_other_network(path, task, CKPT_PATH_ADVICE)
     task.model.load_state_dict(network.state_dict())
     log.info("Starting from the weights of %s (a new run: fresh optimizer state, epoch 0)", path)
 
 
-def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list]:
-    """The Trainer with the configured loggers and callbacks, plus what every run needs."""
+def refuse_other_network(path, task: L.LightningModule, advice: str):
+    """The checkpoint's network, refused before any state is loaded if its settings differ from
+    the one this run's config builds (an edited config, a checkpoint of another run)."""
+    network = load_network(path, task.name)
+    if network.config() != task.model.config():
+        differs = sorted(k for k, v in network.config().items() if task.model.config()[k] != v)
+        raise AelabError(
+            f"{path} holds a network with other settings than this run's ("
+            + ", ".join(f"{k}: {network.config()[k]} vs {task.model.config()[k]}" for k in differs)
+            + f"). {advice}"
+        )
+    return network
+
+
+def build_trainer(cfg: DictConfig, resumes: bool = False) -> tuple[L.Trainer, list]:
+    """The Trainer with the configured loggers and callbacks, plus what every run needs; a
+    resumed run's loggers go on with the curves logged before its stop."""
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else []
+    if resumes:
+        keep_csv_rows(loggers)  # TensorBoard adds an event file beside the earlier ones itself
     callbacks = configured_callbacks(cfg)
-    callbacks += [EpochTimer(), RandomStates(), FlushLogsWithCheckpoints()]
+    callbacks += [
+        EpochTimer(),
+        RandomStates(),
+        FlushLogsWithCheckpoints(),
+        CheckpointPathsInRunDir(),
+    ]
     if cfg.get("scheduler") and loggers:
         callbacks.append(LearningRateMonitor())
     trainer = instantiate(
@@ -202,6 +238,26 @@ def configured_callbacks(cfg: DictConfig) -> list[L.Callback]:
     if not cfg.trainer.get("enable_progress_bar", True):
         nodes.pop("progress_bar", None)
     return [instantiate(node) for node in nodes.values() if node is not None]
+
+
+def refuse_files_outside(cfg: DictConfig, output_dir: Path) -> None:
+    """A run dir holds all of its run: checkpoints or logs configured elsewhere would be shared
+    with other runs (and overwritten by them), and resume, eval.py and the report would not find
+    them. Refused before the run starts."""
+    run_dir = output_dir.resolve()
+    groups = {"callbacks": cfg.get("callbacks") or {}, "logger": cfg.get("logger") or {}}
+    for group, nodes in groups.items():
+        for name, node in nodes.items():
+            for key in PATH_KEYS:
+                value = node.get(key) if isinstance(node, DictConfig) else None
+                if value and not Path(value).expanduser().resolve().is_relative_to(run_dir):
+                    raise AelabError(
+                        f"{group}.{name}.{key}={value} is outside the run dir {run_dir}. A run "
+                        "keeps its checkpoints and logs in its own dir, so that resume=, eval.py "
+                        "and the report find them and no other run overwrites them: leave "
+                        f"{group}.{name}.{key} at its default (under ${{paths.output_dir}}), and "
+                        "choose where the whole run goes with hydra.run.dir=PATH instead."
+                    )
 
 
 def epoch_timing(trainer: L.Trainer) -> dict:
@@ -229,7 +285,6 @@ def write_results(
         "best_checkpoint": str(Path(best).relative_to(output_dir)) if best else None,
         "init_checkpoint": str(Path(cfg.ckpt_path).resolve()) if cfg.get("ckpt_path") else None,
     }
-    (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     (output_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     params = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:  # TensorBoard's hparams view shows each run's test metrics
@@ -240,3 +295,5 @@ def write_results(
         logger.finalize("success")
     log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
     log.info("Run dir: %s", output_dir)
+    # Last: until "completed" is written, a stop leaves the run interrupted and resumable.
+    (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
