@@ -162,16 +162,8 @@ def _file_changes(run_dir: Path, saved: dict, files: dict[str, list]) -> list[st
     except (OSError, ValueError, EOFError):  # no list kept: compare the counts
         counts = {part: len(entries) for part, entries in files.items()}
         return [f"the image files differ (now {counts}, the run had {saved.get('images')})"]
-    old = {
-        f"{part}/{name}": (size, mtime)
-        for part, rows in before.items()
-        for name, size, mtime in rows
-    }
-    new = {
-        f"{part}/{name}": (size, mtime)
-        for part, rows in files.items()
-        for name, size, mtime in rows
-    }
+    old = {name: (size, mtime) for rows in before.values() for name, size, mtime in rows}
+    new = {name: (size, mtime) for rows in files.values() for name, size, mtime in rows}
     kinds = {
         "added": [name for name in new if name not in old],
         "removed": [name for name in old if name not in new],
