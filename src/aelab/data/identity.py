@@ -7,9 +7,9 @@ the split hash (of the indices each split takes) and the split sizes. RUN/data-f
 the list of files itself, so a check can say which images were added, removed or changed.
 
 The fingerprint is every file's path (relative to the root), size and modification time, not
-a hash of the files' bytes: it costs one stat per file (the listing every run makes anyway to
-key its decoded-images cache; about 0.1 s for CIFAR-10's 60,000 JPEGs), where a content hash
-reads all the bytes (236 MB for CIFAR-10) at every start, resume, eval and report. An edit that
+a hash of the files' bytes: it costs nothing beyond the stat per file of the listing every run
+makes anyway to key its decoded-images cache, where a content hash opens and reads every file
+(CIFAR-10: 60,000 files, 236 MB) at every start, resume, eval and report. An edit that
 keeps a file's size and modification time to the nanosecond goes unseen; any ordinary edit, copy
 or re-export changes the modification time.
 

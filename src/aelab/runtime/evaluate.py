@@ -109,7 +109,8 @@ def evaluation_config(cfg: DictConfig, run_dir: Path, output_dir: Path) -> DictC
             if cfg.paths.get(key) is not None:
                 run_cfg.paths[key] = cfg.paths[key]
         for key, value in given_data(cfg).items():
-            run_cfg.data[key] = str(Path(value).expanduser().resolve()) if key == "root" else value
+            here = key == "root" and isinstance(value, str) and value  # relative: to this dir
+            run_cfg.data[key] = str(Path(value).expanduser().resolve()) if here else value
         for key, value in OmegaConf.to_container(cfg.trainer).items():
             if value is not None:
                 run_cfg.trainer[key] = value
