@@ -305,3 +305,36 @@ def test_a_cache_write_removes_only_its_own_temporary_file(tmp_path, monkeypatch
     assert not write_cache(torch.zeros(3), tmp_path / "x.pt")
     assert [p.name for p in tmp_path.iterdir()] == [other.name]
     assert read_cache(tmp_path / "x.pt") is None
+
+
+def folder_data(root, **settings):
+    from aelab.data import ImageDataModule
+
+    datamodule = ImageDataModule(source="folder", root=str(root), **settings)
+    datamodule.setup()
+    return identity.describe(datamodule)
+
+
+def test_the_id_is_the_data_however_the_root_is_spelled(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "images", 5, 2)
+    monkeypatch.chdir(tmp_path)
+    same = folder_data("images"), folder_data(root), folder_data(f"{tmp_path}/./images/../images")
+    assert len({described["id"] for described in same}) == 1
+    assert {described["root"] for described in same} == {str(root)}
+    others = [
+        folder_data(root, image_size=16),
+        folder_data(root, split_seed=1),
+        folder_data(root, subset=8),
+        folder_data(root, split="official"),
+        folder_data(root, val_fraction=0.2),  # the same settings the id names, another split
+    ]
+    assert len({described["id"] for described in [same[0], *others]}) == 6
+
+
+def test_an_unreadable_data_json_is_named(tmp_path):
+    (tmp_path / "data.json").write_text('{"id": "abc", "ro')
+    with pytest.raises(AelabError, match=r"data\.json cannot be read"):
+        identity.recorded(tmp_path)
+    (tmp_path / "data.json").write_text("[1, 2]")
+    with pytest.raises(AelabError, match="not a data identity written by aelab"):
+        identity.recorded(tmp_path)
