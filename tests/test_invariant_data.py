@@ -181,10 +181,17 @@ def test_a_run_from_before_data_json_says_so(relative_run, tmp_path, monkeypatch
     assert results["data"]["root"] == str(root)  # relative: where the run was started (hydra.yaml)
     assert results["metrics"] == json.loads((run_dir / "metrics.json").read_text())["test"]
     assert len(report_splits(old)["test"]) == 5 and "have no data.json" in caplog.text
-    resumed = resume_from(elsewhere, old)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "has no data.json" in resumed.stdout + resumed.stderr
-    assert json.loads((old / "data.json").read_text())["root"] == str(root)  # recorded from now on
+    recorded = {name: tmp_path / name for name in ("data.json", "data-files.json.gz")}
+    for name, kept in recorded.items():
+        (run_dir / name).rename(kept)
+    try:  # the run itself without its record (a copy's checkpoints name the original's paths)
+        resumed = resume_from(elsewhere, run_dir)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "has no data.json" in resumed.stdout + resumed.stderr
+        assert json.loads((run_dir / "data.json").read_text())["root"] == str(root)  # from now on
+    finally:
+        for name, kept in recorded.items():
+            kept.replace(run_dir / name)
 
 
 def test_a_fifo_named_like_an_image_is_skipped_not_opened(tmp_path, caplog):
