@@ -37,8 +37,9 @@ from tests.test_evaluate import eval_config
 
 @pytest.fixture(scope="module")
 def relative_run(tmp_path_factory):
-    """A completed smoke run started in dir A with data.root=data (relative: A/data), and a dir B
-    whose own data/ holds other images: what data.root=data means from B."""
+    """A completed smoke run started in dir A with data.root=data (relative: A/data), at an image
+    size and split seed other than the presets', and a dir B whose own data/ holds other images:
+    what data.root=data means from B."""
     base = tmp_path_factory.mktemp("identity")
     here, elsewhere = base / "a", base / "b"
     make_image_folder(here / "data", train_per_class=20, test_per_class=5)
@@ -46,6 +47,7 @@ def relative_run(tmp_path_factory):
     run_dir = base / "run"
     result = run_cli(
         *("debug=smoke", "data=folder", "data.root=data", "data.subset=null", "~local"),
+        *("data.image_size=16", "data.split_seed=3"),
         *(
             f"paths.cache_dir={base / 'cache'}",
             "trainer.accelerator=cpu",
@@ -153,9 +155,9 @@ def test_eval_on_other_data_by_root_alone_keeps_the_runs_settings(
     assert results["data_matches_run"] is False
     assert results["data_differences"][0].startswith(f"the images are read from {elsewhere}")
     assert any("image(s) added" in found for found in results["data_differences"])
-    assert {k: results["data"][k] for k in ("image_size", "split", "split_seed", "subset")} == {
-        k: saved[k] for k in ("image_size", "split", "split_seed", "subset")
-    }
+    kept = ("image_size", "split", "split_seed", "subset")
+    assert {k: results["data"][k] for k in kept} == {k: saved[k] for k in kept}
+    assert (saved["image_size"], saved["split_seed"]) == (16, 3)  # not the presets' 32 and 0
     assert results["split_size"] == round(0.1 * 72)  # the run's fractions on the 72 images there
 
 
@@ -165,7 +167,7 @@ def test_data_json_holds_the_identity_and_its_parts(relative_run):
     assert saved["root"] == str(root) and saved["source"] == "folder"
     assert saved["images"] == {"train": 40, "test": 10}
     assert saved["split_sizes"] == {"val": 5, "test": 5, "train": 40}
-    assert (saved["image_size"], saved["split"], saved["split_seed"]) == (32, "pooled", 0)
+    assert (saved["image_size"], saved["split"], saved["split_seed"]) == (16, "pooled", 3)
     assert saved["subset"] is None
     assert all(len(saved[key]) == 64 for key in ("id", "fingerprint", "split_hash"))
 

@@ -47,6 +47,7 @@ SETTINGS = (
     "test_fraction",
 )
 SHOWN = 3  # file names shown per kind of change
+EVAL_CHOICES = ("root", *SETTINGS)  # eval.py data.KEY=VALUE of these: other data, on purpose
 
 
 def describe(datamodule) -> dict:
@@ -219,3 +220,36 @@ def record_or_check(run_dir: Path, datamodule, resuming: bool) -> None:
         "images it trained on. Restore the folder as it was, or start a new run on the images as "
         "they are now (python train.py with the run's overrides, or ckpt_path= its last.ckpt).",
     )
+
+
+def evaluation_data(datamodule, run_dir: Path, given: dict) -> dict:
+    """eval.py's data: set up and compared with the run's, as eval.json's data_* keys.
+
+    `given`: the data settings eval.py's command line gave. Without any, the run's own images are
+    read (from where the run read them) and a change since the run is refused; with them, the
+    differences are reported.
+    """
+    explicit = any(key in given for key in EVAL_CHOICES)
+    saved = recorded(run_dir) if "root" in given else use_run_data(datamodule, run_dir)
+    datamodule.setup("test")
+    data_id = describe(datamodule)["id"]
+    if saved is None:
+        note = (
+            f"{run_dir} has no {DATA_JSON} (it started before aelab recorded a run's "
+            "data), so whether these are the images it was trained and tested on is not known"
+        )
+        log.warning("%s.", note)
+        return {"data_matches_run": None, "data_differences": [note], "data_id": data_id}
+    found = differences(run_dir, datamodule, saved)
+    if found and not explicit:
+        raise mismatch(
+            run_dir,
+            found,
+            "eval.py cannot score the run on its own data",
+            "Restore the images as they were, or score the checkpoint on the data as it is now "
+            f"by naming it: python eval.py ckpt_path=... data.root={datamodule.root} "
+            "(eval.json then records that the data is not the run's).",
+        )
+    if found:
+        log.warning("Evaluating on other data than the run's: %s.", "; ".join(found))
+    return {"data_matches_run": not found, "data_differences": found, "data_id": data_id}

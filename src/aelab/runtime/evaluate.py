@@ -27,8 +27,6 @@ from aelab.runtime.train import build
 log = logging.getLogger("aelab")
 
 TRAINER_METHODS = {"test": "test", "val": "validate"}  # split= → the Trainer method that scores it
-DATA_CHOICES = ("source", "root", "image_size", "split", "val_fraction", "test_fraction")
-DATA_CHOICES += ("split_seed", "subset")  # data.KEY=VALUE of these: other data than the run's
 
 
 def run(cfg: DictConfig) -> None:
@@ -63,7 +61,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
             f"({network.config()} vs {task.model.config()}); was it copied in from another run?"
         )
     task.model.load_state_dict(network.state_dict())
-    data = data_against_run(datamodule, run_dir, other_data=given_data(cfg))
+    data = identity.evaluation_data(datamodule, run_dir, given=given_data(cfg))
 
     trainer = evaluation_trainer(run_cfg)
     (scores,) = getattr(trainer, TRAINER_METHODS[split])(task, datamodule=datamodule)
@@ -137,41 +135,6 @@ def given_data(cfg: DictConfig) -> dict:
             "cifar10 to read another kind of source."
         )
     return {key: data[key] for key in data if not OmegaConf.is_missing(data, key)}
-
-
-def data_against_run(datamodule, run_dir: Path, other_data: dict) -> dict:
-    """Set up the data and compare it with the run's (RUN/data.json): eval.json's data_* keys.
-
-    Without data settings on the command line the run's own images are read (from where the run
-    read them) and a change since the run is refused; with them, differences are only reported.
-    """
-    explicit = any(key in other_data for key in DATA_CHOICES)
-    if "root" in other_data:
-        saved = identity.recorded(run_dir)
-    else:
-        saved = identity.use_run_data(datamodule, run_dir)
-    datamodule.setup("test")
-    data_id = identity.describe(datamodule)["id"]
-    if saved is None:
-        note = (
-            f"{run_dir} has no {identity.DATA_JSON} (it started before aelab recorded a run's "
-            "data), so whether these are the images it was trained and tested on is not known"
-        )
-        log.warning("%s.", note)
-        return {"data_matches_run": None, "data_differences": [note], "data_id": data_id}
-    found = identity.differences(run_dir, datamodule, saved)
-    if found and not explicit:
-        raise identity.mismatch(
-            run_dir,
-            found,
-            "eval.py cannot score the run on its own data",
-            "Restore the images as they were, or score the checkpoint on the data as it is now "
-            f"by naming it: python eval.py ckpt_path=... data.root={datamodule.root} "
-            "(eval.json then records that the data is not the run's).",
-        )
-    if found:
-        log.warning("Evaluating on other data than the run's: %s.", "; ".join(found))
-    return {"data_matches_run": not found, "data_differences": found, "data_id": data_id}
 
 
 def evaluation_trainer(run_cfg: DictConfig) -> L.Trainer:
