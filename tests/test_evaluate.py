@@ -68,10 +68,11 @@ def test_eval_repeats_the_runs_test_metrics_exactly(task, trained, tmp_path):
 def test_eval_on_another_folder(trained, tmp_path):
     run_dir = trained("reconstruction")
     other = make_image_folder(tmp_path / "other", train_per_class=10, test_per_class=4)
-    results = evaluated(
-        run_dir, tmp_path / "eval", "data=folder", f"data.root={other}", "trainer.accelerator=cpu"
-    )
+    results = evaluated(run_dir, tmp_path / "eval", f"data.root={other}", "trainer.accelerator=cpu")
     assert results["data"]["root"] == str(other) and results["split_size"] == 3
+    assert results["data_matches_run"] is False
+    first, files = results["data_differences"][:2]
+    assert first.startswith(f"the images are read from {other}") and "72 image(s) removed" in files
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
     assert results["metrics"].keys() == test.keys()
     assert all(results["metrics"][key] != test[key] for key in ("mse", "psnr", "ssim"))
@@ -111,7 +112,7 @@ def eval_config(overrides: list[str], output_dir: Path):
         (["ckpt_path=TMP/missing.ckpt"], "does not exist"),
         (["ckpt_path=TMP/junk.ckpt"], "could not be loaded as a checkpoint"),
         (["ckpt_path=TMP/loose/best.ckpt"], "is not inside a run dir"),
-        (["ckpt_path=CKPT", "data=folder"], "data.root"),
+        (["ckpt_path=CKPT", "+data=folder"], "data.root=PATH"),
         (["ckpt_path=CKPT", "temperature=1"], "only a loss=ce colorization run"),
         ([], "needs the checkpoint"),
     ],

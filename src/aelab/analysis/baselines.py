@@ -1,4 +1,5 @@
-"""Reference points a reconstruction run must beat, computed on the run's own data split.
+"""Reference points a reconstruction run must beat, computed on the run's own data split (the
+images its data.json records, refused when they changed: recorded_splits).
 
 - avg-pool + bicubic: shrink each image to 8×8 by averaging, blow it back up bicubically. A
   "latent" of 3×8×8 = 192 values with no learning at all.
@@ -19,12 +20,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from aelab.data import ImageDataModule, identity
+from aelab.data.cache_file import read_cache, write_cache
 from aelab.tasks import metrics
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 500
 GRAM_CHUNK = 4096
+PCA_FORMAT = 2  # 2: checksummed (aelab.data.cache_file)
+DATA_SETTINGS = ("source", "root", "image_size", "split", "val_fraction", "test_fraction")
+DATA_SETTINGS += ("split_seed", "subset", "cache_dir")  # what decides a run's splits
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -98,18 +104,56 @@ def fit_pca(train: torch.Tensor) -> PCABasis:
 
 
 def cached_pca(train_uint8: torch.Tensor, cache_dir: Path) -> PCABasis:
-    """fit_pca on the train split, loaded from cache_dir when these exact images were fitted before."""
-    key = hashlib.sha256(train_uint8.contiguous().numpy().tobytes()).hexdigest()[:16]
+    """fit_pca on the train split, loaded from cache_dir when these exact images were fitted before
+    (a broken cache file is refitted, one that cannot be written costs a refit next time)."""
+    key = hashlib.sha256(f"{PCA_FORMAT}|".encode())
+    key.update(train_uint8.contiguous().numpy().tobytes())
     shape = "x".join(map(str, train_uint8.shape[1:]))
-    path = Path(cache_dir).expanduser() / f"pca-{shape}-{key}.pt"
-    if path.is_file():
-        saved = torch.load(path, weights_only=True)
+    path = Path(cache_dir).expanduser() / f"pca-{shape}-{key.hexdigest()[:16]}.pt"
+    dimension = train_uint8[0].numel()
+    saved = read_cache(
+        path,
+        lambda saved: (
+            isinstance(saved, dict)
+            and getattr(saved.get("mean"), "shape", None) == (dimension,)
+            and getattr(saved.get("components"), "shape", (0,))[0] == dimension
+        ),
+    )
+    if saved is not None:
         return PCABasis(mean=saved["mean"], components=saved["components"])
     log.info("Fitting PCA on %d train images (cached in %s)", len(train_uint8), path)
     basis = fit_pca(to_unit(train_uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"mean": basis.mean, "components": basis.components}, path)
+    write_cache({"mean": basis.mean, "components": basis.components}, path)
     return basis
+
+
+def recorded_splits(run_dirs: list[Path], data: dict) -> dict[str, torch.Tensor]:
+    """The uint8 RGB splits of runs that share their data, exactly as the runs had them: read
+    from the root their data.json records, and refused (AelabError, naming what changed) when
+    the images there are no longer theirs. `data`: their data settings (config's data node)."""
+    settings = {key: data[key] for key in DATA_SETTINGS if key in data}
+    datamodule = ImageDataModule(**settings, download=False, color_space="rgb")
+    recorded = next((path for path in run_dirs if identity.recorded(path)), None)
+    if recorded is None:
+        log.warning(
+            "The runs have no %s (they started before aelab recorded a run's data): the "
+            "baselines are computed on %s as it is now, which may not be the runs' data.",
+            identity.DATA_JSON,
+            data.get("root"),
+        )
+        datamodule.setup()
+        return datamodule.splits
+    saved = identity.use_run_data(datamodule, recorded)
+    datamodule.setup()
+    identity.check(
+        recorded,
+        datamodule,
+        saved,
+        "The baselines cannot be computed on the runs' data",
+        "Restore the images as they were to compare the runs with the baselines on their own "
+        "test split.",
+    )
+    return datamodule.splits
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Nothing is retrained. Curves come from the TensorBoard event files, test scores and model facts
 from metrics.json, speed from timing.json, labels from .hydra/overrides.yaml. The baselines are
-recomputed on each run's own test split, rebuilt by ImageDataModule from its .hydra/config.yaml.
+recomputed on the runs' own test split, read from where their data.json says and refused when
+those images changed (aelab.analysis.baselines.recorded_splits).
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ import yaml
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from aelab.analysis.baselines import binary_entropy_floor, reconstruction_baselines, to_unit
+from aelab.analysis.baselines import (
+    binary_entropy_floor,
+    reconstruction_baselines,
+    recorded_splits,
+    to_unit,
+)
 from aelab.analysis.figures import plot_curves, plot_image_grid, plot_losses
 from aelab.analysis.predict import colorize, load_colorizer
 from aelab.analysis.runs import Run, describe_differences, find_runs, read_curves
-from aelab.data import ImageDataModule
 from aelab.data.color import lab_normalized_to_rgb, rgb_to_lab_normalized
 from aelab.errors import AelabError
 
@@ -217,12 +222,9 @@ def unreadable_section(runs: list[Run], labels: dict[str, str]) -> list[str]:
     return [*lines, ""]
 
 
-def load_splits(data: dict) -> dict[str, torch.Tensor]:
+def load_splits(group: Group) -> dict[str, torch.Tensor]:
     """The uint8 RGB train/val/test splits exactly as the runs had them (never downloads)."""
-    settings = {key: value for key, value in data.items() if key in (*DATA_KEYS, "cache_dir")}
-    datamodule = ImageDataModule(**settings, download=False, color_space="rgb")
-    datamodule.setup()
-    return datamodule.splits
+    return recorded_splits([run.path for run in group.runs], group.data)
 
 
 def group_section(group: Group, labels: dict[str, str], directory: Path, chart: Path) -> list[str]:
@@ -270,7 +272,7 @@ def colorization_figure(
     if not done:
         return []
     try:
-        images = to_unit(load_splits(group.data)["test"][:FIGURE_IMAGES])
+        images = to_unit(load_splits(group)["test"][:FIGURE_IMAGES])
     except AelabError as error:
         return [f"Colorized test images skipped: the runs' data could not be loaded. {error}", ""]
     lab = rgb_to_lab_normalized(images)
@@ -323,7 +325,7 @@ def baselines_for(group: Group) -> Baselines:
     if group.task == "colorization":
         return colorization_baselines(done)
     try:
-        splits = load_splits(group.data)
+        splits = load_splits(group)
     except AelabError as error:
         return Baselines(notes=[f"Baselines skipped: the runs' data could not be loaded. {error}"])
     test = to_unit(splits["test"])

@@ -14,8 +14,14 @@ import torch
 
 from aelab.data.batches import SlicedBatches, batch_loader
 from aelab.data.color import rgb_to_lab_normalized
-from aelab.data.sources import load_cifar10, load_image_folder
-from aelab.data.splits import check_split_settings, split_parts
+from aelab.data.sources import (
+    Listing,
+    cifar10_listing,
+    decode_image_folder,
+    list_image_folder,
+    load_cifar10,
+)
+from aelab.data.splits import check_split_settings, split_indices, take_splits
 from aelab.errors import AelabError
 
 log = logging.getLogger(__name__)
@@ -72,6 +78,8 @@ class ImageDataModule(L.LightningDataModule):
         self.shuffle_seed, self.color_space = shuffle_seed, color_space
         self.on_device = on_device
         self.splits: dict[str, torch.Tensor] = {}
+        self.split_indices: dict[str, torch.Tensor] = {}  # into the parts laid end to end
+        self.listing: Listing | None = None  # the files the images came from (data identity)
         self._device_splits: dict[str, torch.Tensor] = {}
         self._resume_position: tuple[int, int] | None = None
         self._trained: tuple[int, int] = (0, 0)  # (epoch, batches of it trained on)
@@ -94,11 +102,20 @@ class ImageDataModule(L.LightningDataModule):
                     "leave it at 32 or use data=folder, which resizes."
                 )
             parts = load_cifar10(self.root, download=False)
+            self.listing = cifar10_listing(self.root)
         else:
-            parts = load_image_folder(self.root, self.image_size, self.cache_dir)
-        self.splits = split_parts(
-            parts, self.split, self.val_fraction, self.test_fraction, self.split_seed, self.subset
+            self.listing = list_image_folder(self.root)
+            parts = decode_image_folder(self.listing, self.image_size, self.cache_dir)
+        part_sizes = {part: len(images) for part, images in parts.items()}
+        self.split_indices = split_indices(
+            part_sizes,
+            self.split,
+            self.val_fraction,
+            self.test_fraction,
+            self.split_seed,
+            self.subset,
         )
+        self.splits = take_splits(parts, self.split_indices)
         sizes = ", ".join(f"{name} {len(images):,}" for name, images in self.splits.items())
         log.info("Data: %s from %s, %s split: %s", self.source, Path(self.root), self.split, sizes)
 

@@ -16,6 +16,7 @@ Grey becomes R = G = B. Every failure to read a file, including Pillow's decompr
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,9 +49,22 @@ def _reason_and_advice(error: BaseException) -> tuple[str, str]:
     return first_line, "It is truncated, corrupt or not an image: replace or remove it."
 
 
+def _refuse_special_file(path: str | os.PathLike) -> None:
+    """Only regular files are opened: opening a FIFO waits for a writer forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # Image.open names the problem
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ImageReadError(
+            path, "not a regular file: a FIFO, socket or device", "Give an image file."
+        )
+
+
 @contextmanager
 def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
     """Image.open with every read failure (on opening or decoding inside the block) named."""
+    _refuse_special_file(path)
     try:
         with Image.open(path) as image:
             yield image

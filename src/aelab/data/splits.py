@@ -17,18 +17,40 @@ def split_parts(
     seed: int = 0,
     subset: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Return {"train", "val", "test"} uint8 tensors.
+    """Return {"train", "val", "test"} uint8 tensors: the images split_indices picks."""
+    sizes = {part: len(images) for part, images in parts.items()}
+    indices = split_indices(sizes, mode, val_fraction, test_fraction, seed, subset)
+    return take_splits(parts, indices)
+
+
+def take_splits(
+    parts: dict[str, torch.Tensor], indices: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The images at each split's indices into the parts laid end to end."""
+    pool = torch.cat(list(parts.values())) if len(parts) > 1 else next(iter(parts.values()))
+    return {name: pool[index] for name, index in indices.items()}
+
+
+def split_indices(
+    sizes: dict[str, int],
+    mode: str = "pooled",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    subset: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """{"train", "val", "test"}: indices into the parts (of these sizes) laid end to end.
 
     pooled: every image of every part in one pool, shuffled with `seed`, cut by the fractions
     (the assignment's 80/10/10 of all 60,000). official: the test part is the test split; val is
     `val_fraction` of the train part (test_fraction is not used). `subset` keeps that many images
     (a seeded sample, drawn before cutting, in proportion across the parts) for quick runs.
+    The indices depend on the sizes and settings only, so a run's split is known before decoding.
     """
     check_split_settings(mode, val_fraction, test_fraction, subset)
     generator = torch.Generator().manual_seed(seed)
     if mode == "pooled":
-        pool = torch.cat(list(parts.values())) if len(parts) > 1 else next(iter(parts.values()))
-        pool = _sample(pool, subset, generator)
+        pool = _sample(sum(sizes.values()), subset, generator)
         n_val, n_test = round(len(pool) * val_fraction), round(len(pool) * test_fraction)
         splits = {
             "val": pool[:n_val],
@@ -36,39 +58,35 @@ def split_parts(
             "train": pool[n_val + n_test :],
         }
     else:
-        if set(parts) != {"train", "test"}:
+        if list(sizes) != ["train", "test"]:
             raise AelabError(
                 "data.split=official needs a source with its own train and test parts "
                 "(ROOT/train and ROOT/test for an image folder); this one has only "
-                f"{sorted(parts)}. Use data.split=pooled."
+                f"{sorted(sizes)}. Use data.split=pooled."
             )
-        total = len(parts["train"]) + len(parts["test"])
-        keep = (
-            None
-            if subset is None
-            else {p: round(subset * len(t) / total) for p, t in parts.items()}
-        )
-        train_part = _sample(parts["train"], keep and keep["train"], generator)
+        total = sizes["train"] + sizes["test"]
+        keep = None if subset is None else {p: round(subset * n / total) for p, n in sizes.items()}
+        train_part = _sample(sizes["train"], keep and keep["train"], generator)
         n_val = round(len(train_part) * val_fraction)
         splits = {
             "train": train_part[n_val:],
             "val": train_part[:n_val],
-            "test": _sample(parts["test"], keep and keep["test"], generator),
+            "test": sizes["train"] + _sample(sizes["test"], keep and keep["test"], generator),
         }
-    empty = [name for name, images in splits.items() if len(images) == 0]
+    empty = [name for name, index in splits.items() if len(index) == 0]
     if empty:
-        sizes = ", ".join(f"{name}={len(images)}" for name, images in splits.items())
+        counts = ", ".join(f"{name}={len(index)}" for name, index in splits.items())
         raise AelabError(
-            f"The {mode} split leaves {', '.join(empty)} empty ({sizes}). Raise data.subset or the "
+            f"The {mode} split leaves {', '.join(empty)} empty ({counts}). Raise data.subset or the "
             "fractions (data.val_fraction, data.test_fraction) so every split gets images."
         )
     return splits
 
 
-def _sample(images: torch.Tensor, count: int | None, generator: torch.Generator) -> torch.Tensor:
-    """A seeded shuffle of the images, cut to `count` when given."""
-    order = torch.randperm(len(images), generator=generator)
-    return images[order if count is None else order[:count]]
+def _sample(size: int, count: int | None, generator: torch.Generator) -> torch.Tensor:
+    """A seeded shuffle of range(size), cut to `count` when given."""
+    order = torch.randperm(size, generator=generator)
+    return order if count is None else order[:count]
 
 
 def check_split_settings(

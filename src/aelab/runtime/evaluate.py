@@ -1,6 +1,9 @@
 """`python eval.py ckpt_path=RUN/checkpoints/best.ckpt`: a run's checkpoint tested again with the
 run's own config (or on other data), its results in a new eval dir; RUN's files are only read.
 
+Without data settings the run's own data is scored (aelab.data.identity: read from where the run
+read it, refused when it changed); data.KEY=VALUE scores other data, and eval.json says so.
+
 aelab.runtime.cli imports this module only once the command line has been parsed.
 """
 
@@ -14,6 +17,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from aelab.data import identity
 from aelab.errors import AelabError
 from aelab.models.checkpoint import load_network, read_checkpoint
 from aelab.runtime.lifecycle import guarded
@@ -57,6 +61,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
             f"({network.config()} vs {task.model.config()}); was it copied in from another run?"
         )
     task.model.load_state_dict(network.state_dict())
+    data = identity.evaluation_data(datamodule, run_dir, given=given_data(cfg))
 
     trainer = evaluation_trainer(run_cfg)
     (scores,) = getattr(trainer, TRAINER_METHODS[split])(task, datamodule=datamodule)
@@ -70,7 +75,8 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
         else None,
         "checkpoint": str(checkpoint),
         "run_dir": str(run_dir),
-        "data": OmegaConf.to_container(run_cfg.data, resolve=True),
+        "data": {**OmegaConf.to_container(run_cfg.data, resolve=True), "root": datamodule.root},
+        **data,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -100,8 +106,9 @@ def evaluation_config(cfg: DictConfig, run_dir: Path, output_dir: Path) -> DictC
         for key in ("data_dir", "cache_dir"):
             if cfg.paths.get(key) is not None:
                 run_cfg.paths[key] = cfg.paths[key]
-        if cfg.get("data") is not None:  # data=OPTION: its node replaces the run's
-            run_cfg.data = OmegaConf.to_container(cfg.data)
+        for key, value in given_data(cfg).items():
+            here = key == "root" and isinstance(value, str) and value  # relative: to this dir
+            run_cfg.data[key] = str(Path(value).expanduser().resolve()) if here else value
         for key, value in OmegaConf.to_container(cfg.trainer).items():
             if value is not None:
                 run_cfg.trainer[key] = value
@@ -115,6 +122,19 @@ def evaluation_config(cfg: DictConfig, run_dir: Path, output_dir: Path) -> DictC
                 )
             run_cfg.task.temperature = cfg.temperature
     return run_cfg
+
+
+def given_data(cfg: DictConfig) -> dict:
+    """The data settings eval.py's command line gave (data.KEY=VALUE); the others stay ???."""
+    data = cfg.get("data") or {}
+    if "_target_" in data:  # +data=OPTION: a preset would reset the split settings to its own
+        raise AelabError(
+            "eval.py takes the run's data settings and changes only those given as data.KEY=VALUE, "
+            "not a data=OPTION preset (it would reset the image size, split, split seed and subset "
+            "to the preset's): give data.root=PATH for other images, and data.source=folder or "
+            "cifar10 to read another kind of source."
+        )
+    return {key: data[key] for key in data if not OmegaConf.is_missing(data, key)}
 
 
 def evaluation_trainer(run_cfg: DictConfig) -> L.Trainer:

@@ -35,6 +35,7 @@ from aelab.runtime.run_lock import claim, release
 # What a run (or an eval) writes at the top of its dir, besides Hydra's log: a new run would
 # overwrite these, or (Lightning's CSVLogger) delete the metrics.csv it finds.
 RUN_FILES = (".hydra", "checkpoints", "metrics.json", "timing.json", "preview.png", "eval.json")
+RUN_FILES += ("data.json", "data-files.json.gz", "sweep.json")  # the run's data, a sweep's jobs
 LOGGER_DIRS = ("tensorboard", "csv")  # configs/logger: each logger's save dir
 
 

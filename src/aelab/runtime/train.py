@@ -29,6 +29,7 @@ from aelab.callbacks import (
     RandomStates,
 )
 from aelab.callbacks.checkpoint_extras import keep_csv_rows
+from aelab.data import identity
 from aelab.errors import AelabError
 from aelab.models.autoencoder import bottleneck
 from aelab.models.checkpoint import load_network
@@ -58,8 +59,9 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     task, datamodule = build(cfg)
     resume_from = resume_checkpoint(cfg, output_dir)
-    if resume_from:
+    if resume_from:  # every rank reads the images the run started on, from any working dir
         refuse_other_network(resume_from, task, RESUME_ADVICE)
+        identity.use_run_data(datamodule, output_dir)
     elif cfg.get("ckpt_path"):
         start_from_weights(task, cfg.ckpt_path)
     owner = launch_rank() == 0  # rank zero writes the run's files; other ranks only train
@@ -67,6 +69,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         datamodule.prepare_data()
         datamodule.setup("fit")
         output_dir.mkdir(parents=True, exist_ok=True)
+        identity.record_or_check(output_dir, datamodule, resuming=bool(resume_from))
         write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
 
     model_facts = bottleneck(task.model, datamodule.image_size)

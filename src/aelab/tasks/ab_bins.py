@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from kornia.color import lab_to_rgb
 from torch import nn
 
+from aelab.data.cache_file import read_cache, write_cache
 from aelab.data.color import AB_OFFSET, AB_SCALE
 from aelab.tasks.losses import soft_cross_entropy
 
@@ -33,7 +33,9 @@ NEIGHBOURS = 5
 SIGMA = 5.0
 TABLE_LIMIT = 128  # the table covers a, b ∈ [-128, 128], all that normalised ab can hold
 TABLE_SIZE = 2 * TABLE_LIMIT + 1
-PRIOR_FORMAT = 1  # bump when the cached prior's meaning changes
+PRIOR_FORMAT = (
+    2  # 2: checksummed (aelab.data.cache_file); bump when the cached prior's meaning changes
+)
 
 
 @functools.cache
@@ -170,23 +172,29 @@ def split_digest(images: torch.Tensor) -> str:
 
 def training_prior(images: torch.Tensor, to_lab, cache_dir: str | Path | None) -> torch.Tensor:
     """p̃ of a split of uint8 RGB images (N, 3, H, W); `to_lab` is the DataModule's
-    to_model_space. Cached in cache_dir under the split's content key when one is given."""
+    to_model_space. Cached in cache_dir under the split's content key when one is given (a
+    broken cache file is rebuilt, one that cannot be written costs a recount next time)."""
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir).expanduser() / f"ab-prior-{split_digest(images)}.pt"
-        if cache_file.is_file():
-            return torch.load(cache_file, weights_only=True)
+        cached = read_cache(cache_file, _is_prior)
+        if cached is not None:
+            return cached
     counts = torch.zeros(bin_count(), dtype=torch.float64)
     for chunk in images.split(1000):
         bins = nearest_bins(to_lab(chunk)[:, 1:])
         counts += torch.bincount(bins.flatten(), minlength=bin_count()).double()
     prior = smoothed_distribution(counts)
     if cache_file is not None:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")  # per writer
-            torch.save(prior, partial)
-            partial.replace(cache_file)
-        except OSError as error:  # an unwritable cache costs a recount next time, not this run
-            log.warning("Could not cache the ab prior at %s (%s).", cache_file, error)
+        write_cache(prior, cache_file)
     return prior
+
+
+def _is_prior(cached) -> bool:
+    """A distribution over the bins: one finite, non-negative value per bin, summing to 1."""
+    return (
+        isinstance(cached, torch.Tensor)
+        and cached.shape == (bin_count(),)
+        and bool(torch.isfinite(cached).all() and (cached >= 0).all())
+        and abs(float(cached.sum()) - 1) < 1e-3
+    )
