@@ -153,7 +153,6 @@ class StopOnDivergence(L.Callback):
             f"The training loss rose to {loss:.4g} at step {step} (epoch {epoch}, batch {batch} "
             f"of that epoch), {loss / reference:.3g}× the {reference:.4g} the run started from, "
             f"above callbacks.divergence.explosion_factor={self.explosion_factor:g}: the run "
-            f"diverged (a healthy run stays near or below its start). The run stopped; "
-            f"{self._checkpoints('the weights')}. {LOWER_LR}; for a run that should go on (a "
-            "fine-tune jolted by its fresh optimizer), set explosion_factor higher, or null."
+            f"diverged. The run stopped; {self._checkpoints('the weights')}. {LOWER_LR}, or, for "
+            "a run that should go on, raise callbacks.divergence.explosion_factor (null: off)."
         )
