@@ -7,10 +7,12 @@ configs of resumed runs and DDP ranks pass as long as the named keys hold valid 
 here imports torch: a bad value is refused before the run loads it.
 """
 
+import re
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
@@ -146,6 +148,47 @@ class OptimizerSchema:
     lr: float = field(default=1e-3, metadata=rule("a positive number", lambda v: v > 0))
 
 
+def batch_limit(value: float) -> bool:
+    """Lightning's limit_*_batches: a count (a whole number ≥ 1) or a fraction in (0, 1]."""
+    return 0 < value <= 1 or (value > 1 and value % 1 == 0)
+
+
+def duration_seconds(value: Any) -> float | None:
+    """Lightning's max_time in seconds ("DD:HH:MM:SS" or timedelta's keywords); None if neither."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    if isinstance(value, str):
+        parts = re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", value.strip())  # Lightning's Timer's
+        if not parts:
+            return None
+        value = dict(
+            zip(("days", "hours", "minutes", "seconds"), map(int, parts.groups()), strict=True)
+        )
+    if not isinstance(value, dict):
+        return None
+    try:
+        return timedelta(**value).total_seconds()
+    except TypeError:
+        return None
+
+
+NO_STEP = "0 would train no step, and the run would test its untrained weights as its result"
+TRAIN_BATCHES = rule(
+    "an integer ≥ 1 (batches per epoch), a fraction in (0, 1] of them, or null (all)",
+    lambda v: v is None or batch_limit(v),
+    NO_STEP,
+)
+VAL_BATCHES = rule(
+    "0 (no validation), an integer ≥ 1 (batches), a fraction in (0, 1] of them, or null (all)",
+    lambda v: v is None or v == 0 or batch_limit(v),
+)
+SCORED_BATCHES = rule(
+    "an integer ≥ 1 (batches), a fraction in (0, 1] of them, or null (all)",
+    lambda v: v is None or batch_limit(v),
+    "0 would evaluate nothing, and there would be no scores to report",
+)
+
+
 @dataclass
 class TrainerSchema:
     max_epochs: int = field(
@@ -161,7 +204,38 @@ class TrainerSchema:
     )
     max_steps: int = field(
         default=-1,
-        metadata=rule("-1 (no step limit) or a positive integer", lambda v: v == -1 or v >= 1),
+        metadata=rule(
+            "-1 (no step limit) or a positive integer", lambda v: v == -1 or v >= 1, NO_STEP
+        ),
+    )
+    max_time: Any = field(
+        default=None,
+        metadata=rule(
+            "a duration above zero, DD:HH:MM:SS (e.g. 00:12:00:00) or "
+            "{days:D,hours:H,minutes:M,seconds:S}, or null (no time limit)",
+            lambda v: v is None or (duration_seconds(v) or 0) > 0,
+            "A zero duration stops the run before its first step, and it would test its "
+            "untrained weights as its result",
+        ),
+    )
+    limit_train_batches: float | None = field(default=None, metadata=TRAIN_BATCHES)
+    limit_val_batches: float | None = field(default=None, metadata=VAL_BATCHES)
+    limit_test_batches: float | None = field(default=None, metadata=SCORED_BATCHES)
+    overfit_batches: float = field(
+        default=0.0,
+        metadata=rule(
+            "0 (off), an integer ≥ 1 (batches) or a fraction in (0, 1]",
+            lambda v: v == 0 or batch_limit(v),
+        ),
+    )
+    fast_dev_run: Any = field(
+        default=False,
+        metadata=rule(
+            "false",
+            lambda v: v is False or v == 0,
+            "Lightning's fast_dev_run trains a batch without checkpoints or logs and would still "
+            "end as a completed run; aelab's quick end-to-end check is debug=smoke",
+        ),
     )
     log_every_n_steps: int = field(default=50, metadata=POSITIVE)
     check_val_every_n_epoch: int | None = field(default=1, metadata=POSITIVE)
@@ -192,6 +266,14 @@ class EvalSchema:
     temperature: float | None = field(default=None, metadata=TEMPERATURE)
 
 
+@dataclass
+class EvalTrainerSchema:
+    """eval.py's trainer settings, laid over the run's: the split it evaluates needs a batch."""
+
+    limit_val_batches: float | None = field(default=None, metadata=SCORED_BATCHES)
+    limit_test_batches: float | None = field(default=None, metadata=SCORED_BATCHES)
+
+
 TRAIN_NODES: dict[str, type] = {
     "": TrainSchema,
     "data": DataSchema,
@@ -200,7 +282,7 @@ TRAIN_NODES: dict[str, type] = {
     "optimizer": OptimizerSchema,
     "trainer": TrainerSchema,
 }
-EVAL_NODES: dict[str, type] = {"": EvalSchema, "data": DataSchema}
+EVAL_NODES: dict[str, type] = {"": EvalSchema, "data": DataSchema, "trainer": EvalTrainerSchema}
 SCHEMAS = {"train": TRAIN_NODES, "eval": EVAL_NODES}
 
 
@@ -295,7 +377,10 @@ def _holds_text(value: Any) -> bool:
 
 
 def _takes_text(hint: Any) -> bool:
-    return any(t is str or (isinstance(t, type) and issubclass(t, Enum)) for t in _members(hint))
+    return any(
+        t is str or t is Any or (isinstance(t, type) and issubclass(t, Enum))
+        for t in _members(hint)
+    )
 
 
 def _members(hint: Any) -> tuple:

@@ -30,6 +30,7 @@ from aelab.callbacks import (
 )
 from aelab.callbacks.checkpoint_extras import keep_csv_rows
 from aelab.data import identity
+from aelab.data.batch_limits import check_every_loop_gets_a_batch
 from aelab.errors import AelabError
 from aelab.models.autoencoder import bottleneck
 from aelab.models.checkpoint import load_network
@@ -75,6 +76,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
     model_facts = bottleneck(task.model, datamodule.image_size)
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
     trainer, loggers = build_trainer(cfg, bool(resume_from))
+    check_every_loop_gets_a_batch(trainer, datamodule)  # before fit: a limit that rounds to 0
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and owner and not resume_from:
             logger.experiment.add_text("model/bottleneck", model_facts["summary"])
