@@ -221,7 +221,7 @@ def test_the_guard_weighs_what_decoding_takes(tmp_path):
     with predict.open_photo(grey) as photo:
         assert photo.image.size == (10000, 10000)
     with (
-        pytest.raises(predict.AelabError, match="decoding it takes about 381 MB"),
+        pytest.raises(predict.AelabError, match="it needs about 429 MB"),
         predict.open_photo(colour),
     ):
         pass
@@ -252,3 +252,15 @@ def test_the_prediction_path_does_not_import_lightning():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) is False
+
+
+def test_a_truncated_photo_is_named_as_the_input_and_leaves_no_temporary(trained, tmp_path, capsys):
+    checkpoint = trained("colorization") / "checkpoints" / "best.ckpt"
+    whole = smooth_photo(tmp_path / "whole.jpg", 300, 400)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[:2000])  # the header reads; decoding fails half-way
+    out = tmp_path / "out"
+    assert main("colorization", [str(cut), "--ckpt", str(checkpoint), "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"aelab: {cut} could not be read as an image") and err.count("\n") == 1
+    assert list(out.iterdir()) == []

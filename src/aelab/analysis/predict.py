@@ -231,12 +231,12 @@ def check_fits(path: Path, image: Image.Image) -> None:
     progressive = ", progressive" if image.info.get("progressive") else ""
     raise AelabError(
         f"{path} is {image.width:,} × {image.height:,} pixels ({image.width * image.height / 1e6:.1f}"
-        f" megapixels, {image.format} {image.mode}{progressive}): decoding it takes about "
-        f"{(stored + extra) / MB:,.0f} MB, more than the {(PHOTO_BYTES - TILE_BYTES) / MB:,.0f} MB "
-        f"this script leaves for a decoded photo to keep the whole process under "
-        f"{MEMORY_BOUND / MB:,.0f} MB (a photo is decoded whole, the rest works in tiles): about "
-        f"{colour_megapixels:.0f} megapixels of 8-bit colour, four times that of 8-bit grey. "
-        "Downscale or crop it first (e.g. with Pillow's Image.reduce or ImageMagick's -resize)."
+        f" megapixels, {image.format} {image.mode}{progressive}): it needs about "
+        f"{(stored + max(extra, TILE_BYTES)) / MB:,.0f} MB (decoded whole, then worked on in tiles), "
+        f"more than the {PHOTO_BYTES / MB:,.0f} MB this script leaves a photo to keep the whole "
+        f"process under {MEMORY_BOUND / MB:,.0f} MB: about {colour_megapixels:.0f} megapixels of "
+        "8-bit colour, four times that of 8-bit grey. Downscale or crop it first (e.g. with "
+        "Pillow's Image.reduce or ImageMagick's -resize)."
     )
 
 
@@ -273,6 +273,7 @@ def converted_tiles(conversion: Conversion, photo: Photo) -> Iterator[tuple[Tile
 def write_converted(conversion: Conversion, photo: Photo, path: Path) -> None:
     """The converted photo as a PNG, a band of rows at a time, through a temporary file and a
     rename: a stopped run leaves no half-written PNG."""
+    photo.image.load()  # decoded first: a truncated input is named as the input, not the output
     height, width = photo.size
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
