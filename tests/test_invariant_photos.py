@@ -87,7 +87,7 @@ def test_tiles_equal_one_whole_run(name, tmp_path):
     # turn float rounding into steps of 2⁻¹²:
     tiled, whole, tiles = tiled_and_whole(network, path, many, finish=lambda x: x)
     assert tiles >= 12 and tiled.min() >= 0  # every pixel written, by many tiles
-    assert (tiled - whole).abs().max() < 1e-4
+    assert (tiled - whole).abs().max() < 5e-4  # float32 sums in another order; a seam is ≫ 1e-2
     tiled, whole, _ = tiled_and_whole(network, path, many)  # RGB: within one 8-bit step
     assert (tiled - whole).abs().max() < 1 / 255
     expected = colorize if isinstance(network, Colorizer) else reconstruct
