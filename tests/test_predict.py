@@ -241,13 +241,16 @@ def test_a_16_bit_png_is_colorized_at_its_own_lightness(checkpoints, tmp_path):
     assert difference.max() < 1.5 and expected.min() < 20  # clipped at 255 it would be all 100
 
 
-def test_an_image_over_the_pixel_limit_is_one_line_naming_it(
+def test_an_image_over_the_memory_bound_is_one_line_naming_it(
     checkpoints, odd_images, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # photo.jpg: 1,850 pixels, over twice 400
+    from aelab.analysis import predict
+
+    # photo.jpg decodes into 1,850 × 4 bytes, over the bound; scan.png into 399 × 1, under it
+    monkeypatch.setattr(predict, "PHOTO_BYTES", predict.TILE_BYTES + 1000)
     out = tmp_path / "o"
     assert run_main("colorization", odd_images, checkpoints["colorization"], out) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"aelab: {odd_images[0]} could not be read as an image (Image size")
-    assert "decompression bomb" in err and err.count("\n") == 1
-    assert not out.exists()  # scan.png (399 pixels) was not written either: checked first
+    assert err.startswith(f"aelab: {odd_images[0]} is 50 × 37 pixels")
+    assert "MB" in err and err.count("\n") == 1
+    assert not out.exists()  # scan.png was not written either: checked first

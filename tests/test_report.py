@@ -331,3 +331,63 @@ def test_eval_dirs_beside_runs_are_not_taken_for_runs(tmp_path):
         (directory / ".hydra" / "config.yaml").write_text("seed: 1\n")
     (evaluation / "eval.json").write_text("{}\n")
     assert [found.path for found in find_runs(tmp_path)] == [run]
+
+
+def copied_runs(trained_run: Path, sweep: Path, roots: list[str], ids: list[str | None]) -> None:
+    """Runs copied from one real run, job i with data.root = roots[i] (relative ones read from
+    the run's recorded cwd) and, where ids[i] is set, a data.json with that "id"."""
+    for job, (root, data_id) in enumerate(zip(roots, ids, strict=True)):
+        run = sweep / str(job)
+        shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+        config = OmegaConf.load(run / ".hydra" / "config.yaml")
+        config.data.root = root
+        OmegaConf.save(config, run / ".hydra" / "config.yaml")
+        overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+        OmegaConf.save(
+            OmegaConf.create([*overrides, f"seed={job}"]), run / ".hydra" / "overrides.yaml"
+        )
+        if data_id is not None:
+            (run / "data.json").write_text(json.dumps({"id": data_id, "root": root}))
+
+
+def test_runs_on_the_same_data_share_one_group_and_one_data_load(
+    trained, image_folder, tmp_path, monkeypatch
+):
+    """However its root was spelled (absolute, through a link, relative to where the run
+    started), the same data is one table and one load for the baselines, never one per run;
+    a recorded data identity (data.json's "id") decides over the spelling."""
+    import aelab.analysis.report as report
+
+    source = trained("reconstruction")
+    cwd = OmegaConf.load(source / ".hydra" / "hydra.yaml").hydra.runtime.cwd
+    (tmp_path / "link").symlink_to(image_folder)
+    spellings = [str(image_folder), str(tmp_path / "link"), os.path.relpath(image_folder, cwd)]
+    roots = spellings * 8 + [str(image_folder)] * 6  # 24 runs without data.json, 6 with
+    ids = [None] * 24 + ["a" * 64] * 3 + ["b" * 64] * 3
+    copied_runs(source, tmp_path / "sweep", roots, ids)
+    loads = []
+    real_load = report.load_splits
+    monkeypatch.setattr(report, "load_splits", lambda data: loads.append(data) or real_load(data))
+    text = write_report(tmp_path / "sweep").read_text()
+    assert len(loads) == 3  # three data identities, 30 runs
+    tables = text.split("## Test metrics: reconstruction")[1:]
+    assert len(tables) == 3
+    runs_per_table = [len(re.findall(r"^\| `\d+`", table, re.M)) for table in tables]
+    assert runs_per_table == [24, 3, 3]
+    assert f"`{os.path.realpath(image_folder)}`" in tables[0]
+
+
+def test_the_psnr_legend_stands_beside_the_axes_and_names_at_most_ten(tmp_path):
+    from matplotlib.image import imread
+
+    from aelab.analysis.figures import AXES_SIZE, NAMED_CURVES, plot_curves
+
+    curves = {f"run {i}: optimizer.lr=0.00{i}": [(0, 10.0 + i), (1, 12.0 + i)] for i in range(30)}
+    path = tmp_path / "psnr.png"
+    plot_curves(curves, path, "val psnr", "dB")
+    height, width = imread(path).shape[:2]
+    assert width > AXES_SIZE[0] * 100 * 1.3  # the legend got room of its own, right of the axes
+    assert NAMED_CURVES == 10
+    few = tmp_path / "few.png"
+    plot_curves(dict(list(curves.items())[:2]), few, "val psnr", "dB")
+    assert imread(few).shape[0] == height  # the plot keeps its size whatever the legend

@@ -7,25 +7,64 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from aelab.analysis.runs import Curve
 
+NAMED_CURVES = 10  # of more curves, the 10 that end highest (one colour each) are named
+AXES_SIZE = (6.0, 3.6)  # inches: the plot itself, whatever its legend
+RUN_AXES_SIZE = (4.0, 2.4)  # a run's own loss chart: one of possibly hundreds
+LEGEND_INCHES_PER_CHARACTER = 0.065  # fontsize "small" at the report's dpi
+
 
 def plot_curves(
-    curves: dict[str, Curve], path: Path, title: str, ylabel: str, legend_title: str = ""
+    curves: dict[str, Curve],
+    path: Path,
+    title: str,
+    ylabel: str,
+    legend_title: str = "",
+    axes_size: tuple[float, float] = AXES_SIZE,
 ) -> None:
-    """One line per named curve against the epoch (shown from 1), saved as a PNG."""
-    figure = Figure(figsize=(7, 4.2), layout="constrained")
+    """One line per named curve against the epoch (shown from 1), saved as a PNG, with its legend
+    beside the axes, never over the lines. Of more than NAMED_CURVES curves, those whose last value
+    is highest are coloured and named, the rest drawn thin and grey (their values are in the
+    report's table). Fixed margins, no layout engine: a sweep's hundreds of charts stay quick."""
+    ranked = sorted(curves, key=lambda label: -sorted(curves[label])[-1][1])
+    named = ranked[:NAMED_CURVES]
+    legend = [
+        *named,
+        *([f"{len(curves) - len(named)} more (grey)"] if len(curves) > len(named) else []),
+    ]
+    legend_width = 0.6 + LEGEND_INCHES_PER_CHARACTER * max(map(len, [*legend, legend_title]))
+    left, right, bottom, top = 1.0, legend_width + 0.2, 0.55, 0.45  # inches around the axes
+    width, height = axes_size[0] + left + right, axes_size[1] + bottom + top
+    figure = Figure(figsize=(width, height))
+    figure.subplots_adjust(
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height
+    )
     axes = figure.subplots()
-    for label, curve in curves.items():
-        epochs, values = zip(*sorted(curve), strict=True)
-        axes.plot([epoch + 1 for epoch in epochs], values, marker="o", markersize=3, label=label)
+    for label in reversed(ranked):  # the named ones drawn last, on top
+        epochs, values = zip(*sorted(curves[label]), strict=True)
+        x = [epoch + 1 for epoch in epochs]
+        if label in named:
+            axes.plot(x, values, marker="o", markersize=3, label=label, zorder=3)
+        else:
+            axes.plot(x, values, color="0.75", linewidth=0.7, zorder=2)
     axes.set(title=title, xlabel="epoch", ylabel=ylabel)
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.ticklabel_format(axis="y", useOffset=False)
     axes.grid(alpha=0.3)
-    axes.legend(title=legend_title or None, fontsize="small")
-    figure.savefig(path, dpi=110)
+    handles, labels = axes.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda index: named.index(labels[index]))
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+    if len(curves) > len(named):
+        handles.append(Line2D([], [], color="0.75", linewidth=0.7))
+        labels.append(legend[-1])
+    axes.legend(
+        handles, labels, title=legend_title or None, fontsize="small",
+        loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
+    )  # fmt: skip
+    figure.savefig(path, dpi=100)
 
 
 def plot_losses(curves: dict[str, Curve], loss: str, path: Path, title: str) -> bool:
@@ -37,7 +76,7 @@ def plot_losses(curves: dict[str, Curve], loss: str, path: Path, title: str) -> 
     }
     if not lines:
         return False
-    plot_curves(lines, path, title, f"{loss} loss")
+    plot_curves(lines, path, title, f"{loss} loss", axes_size=RUN_AXES_SIZE)
     return True
 
 

@@ -1,4 +1,13 @@
-"""Use a trained checkpoint on any images: colorize (L → ab) or reconstruct, at any size.
+"""Use a trained checkpoint on any images: colorize (L → ab) or reconstruct, at any size, in a
+bounded memory.
+
+A photo is decoded once, whole (Pillow decodes no less), into its own mode (1 byte a pixel for
+grey, 4 for colour); everything after works in tiles (aelab.analysis.tiles): each tile is cut
+from the decoded photo, turned as its EXIF orientation says, run through the network with a
+margin of context and cropped, converted to RGB, and its rows go into the PNG a band at a time
+(aelab.analysis.png_stream). The result equals one run over the whole photo. Photos whose decoding
+would not fit the bound are refused from their header, before any work: this replaces Pillow's
+decompression-bomb guard, which admits photos of up to 179 megapixels.
 
 Checkpoints are read with torch.load(weights_only=True): a checkpoint from elsewhere is data, and
 a pickle that would run code is refused, not executed.
@@ -9,35 +18,58 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import ExifTags, Image
 from rich.progress import track
 
+from aelab.analysis.png_stream import PngStream
+from aelab.analysis.tiles import Box, Tile, Tiling, tiling_for
 from aelab.data.color import lab_to_rgb_keeping_lightness, rgb_to_lab_normalized
-from aelab.data.image_io import open_image, read_rgb_float
+from aelab.data.image_io import open_image, to_rgb_float
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 from aelab.models.checkpoint import load_network, read_checkpoint
-from aelab.tasks.colorization import (
+from aelab.tasks.ab_bins import (
     DEFAULT_STRIDE,
     DEFAULT_TEMPERATURE,
+    bin_count,
     classifier_logits,
     decode_bins,
 )
 
+MB = 2**20
+MEMORY_BOUND = 1024 * MB  # the peak resident memory of a colorize.py or reconstruct.py process
+IMPORTS_BYTES = 800 * MB  # torch (a CUDA build maps ~700 MB of libraries), kornia, PIL, the network
+TILE_BYTES = 48 * MB  # one tile's activations and colour conversion, one band of output rows
+PHOTO_BYTES = MEMORY_BOUND - IMPORTS_BYTES  # the decoded photo, with its decoder's or the tiles'
+# Decoders that write straight into the image; others may first decode into a buffer of their own.
+DECODED_IN_PLACE = {"PNG", "TIFF", "BMP", "PPM", "GIF", "TGA", "ICO", "PCX", "SGI", "DIB", "IM"}
+# EXIF orientation → the transposition that shows the photo upright (as PIL.ImageOps.exif_transpose).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
 
 def read_rgb(path: Path) -> torch.Tensor:
-    """An image file as a float RGB tensor (1, 3, H, W) in [0, 1]; grey becomes R = G = B.
-
-    16-bit and float images are scaled by aelab.data.image_io's rule, not clipped at 255.
-    """
-    if not path.is_file():
-        raise AelabError(f"The input image {path} does not exist.")
-    return torch.from_numpy(read_rgb_float(path)).permute(2, 0, 1).unsqueeze(0)
+    """A small image file as a float RGB tensor (1, 3, H, W) in [0, 1], upright as its EXIF
+    orientation says; grey becomes R = G = B, 16-bit and float scaled by aelab.data.image_io."""
+    with open_photo(path) as photo:
+        photo = turned_upright(photo)
+        return photo.read(Box(0, 0, *photo.size))
 
 
 @dataclass(frozen=True)
@@ -82,26 +114,188 @@ def load_colorizer(path: Path, temperature: float | None = None) -> Colorizer:
     return Colorizer(network, classifies=True, temperature=temperature, stride=stride)
 
 
+def predict_lab(colorizer: ConvAutoEncoder | Colorizer, rgb: torch.Tensor) -> torch.Tensor:
+    """RGB (or grey) → normalised Lab: the input's L with the a, b the network predicts from it."""
+    lightness = rgb_to_lab_normalized(rgb)[:, :1]
+    return torch.cat([lightness, run_padded(colorizer, lightness)], 1)
+
+
 def colorize(network: ConvAutoEncoder | Colorizer, rgb: torch.Tensor) -> torch.Tensor:
     """RGB (or grey) image → a colour image with the same lightness and predicted a, b."""
-    lightness = rgb_to_lab_normalized(rgb)[:, :1]
-    return lab_to_rgb_keeping_lightness(torch.cat([lightness, run_padded(network, lightness)], 1))
+    return lab_to_rgb_keeping_lightness(predict_lab(network, rgb))
 
 
 def reconstruct(network: ConvAutoEncoder, rgb: torch.Tensor) -> torch.Tensor:
     return run_padded(network, rgb)
 
 
-def write_png(rgb: torch.Tensor, path: Path) -> None:
-    """Write through a temporary file and a rename: a stopped run leaves no half-written PNG."""
-    array = (rgb[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+def _as_rgb(prediction: torch.Tensor) -> torch.Tensor:
+    return prediction
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A task on RGB windows: `predict` runs the network at a window's size, `finish` turns the
+    prediction, cropped to the tile's core, into RGB; `tiling` cuts a photo for it."""
+
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    finish: Callable[[torch.Tensor], torch.Tensor]
+    tiling: Tiling
+
+    def tile(self, window: torch.Tensor, tile: Tile) -> torch.Tensor:
+        rows, columns = tile.crop()
+        return self.finish(self.predict(window)[..., rows, columns])
+
+
+def conversion_for(network: ConvAutoEncoder | Colorizer, budget: int = TILE_BYTES) -> Conversion:
+    """colorize() for a Colorizer, reconstruct() for a bare network, cut in tiles of `budget`."""
+    if not isinstance(network, Colorizer):
+        return Conversion(partial(run_padded, network), _as_rgb, tiling_for(network, budget))
+    stride, classes = (network.stride, bin_count()) if network.classifies else (1, None)
+    tiling = tiling_for(network.network, budget, stride, classes)
+    return Conversion(partial(predict_lab, network), lab_to_rgb_keeping_lightness, tiling)
+
+
+# A displayed box → the stored image's box, for each transposition that shows a photo upright:
+# (swap x and y, then mirror x, mirror y).
+STORED_BOX = {
+    None: (False, False, False),
+    Image.Transpose.FLIP_LEFT_RIGHT: (False, True, False),
+    Image.Transpose.FLIP_TOP_BOTTOM: (False, False, True),
+    Image.Transpose.ROTATE_180: (False, True, True),
+    Image.Transpose.TRANSPOSE: (True, False, False),
+    Image.Transpose.ROTATE_90: (True, True, False),
+    Image.Transpose.ROTATE_270: (True, False, True),
+    Image.Transpose.TRANSVERSE: (True, True, True),
+}
+
+
+@dataclass
+class Photo:
+    """An opened image as it is displayed (turned upright by its EXIF orientation), read a window
+    at a time: the decoded image is never copied whole, nor turned whole."""
+
+    image: Image.Image
+    upright: Image.Transpose | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) as displayed."""
+        width, height = self.image.size
+        swapped = STORED_BOX[self.upright][0]
+        return (width, height) if swapped else (height, width)
+
+    def read(self, window: Box) -> torch.Tensor:
+        """The window as float RGB (1, 3, h, w) in [0, 1]; rows and columns past the photo's
+        bottom and right edges repeat its last ones, as run_padded's padding does."""
+        height, width = self.size
+        inside = Box(window.top, window.left, min(window.bottom, height), min(window.right, width))
+        crop = self.image.crop(self._stored(inside))
+        if self.upright is not None:
+            crop = crop.transpose(self.upright)
+        rgb = torch.from_numpy(to_rgb_float(crop)).permute(2, 0, 1)[None]
+        padding = (0, window.right - inside.right, 0, window.bottom - inside.bottom)
+        return F.pad(rgb, padding, mode="replicate") if any(padding) else rgb
+
+    def _stored(self, box: Box) -> tuple[int, int, int, int]:
+        """PIL's crop box (left, upper, right, lower) in the stored image for a displayed box."""
+        swap, mirror_x, mirror_y = STORED_BOX[self.upright]
+        width, height = self.image.size
+        left, top, right, bottom = box.left, box.top, box.right, box.bottom
+        if swap:
+            left, top, right, bottom = top, left, bottom, right
+        if mirror_x:
+            left, right = width - right, width - left
+        if mirror_y:
+            top, bottom = height - bottom, height - top
+        return left, top, right, bottom
+
+
+def decoding_bytes(image: Image.Image) -> tuple[int, int]:
+    """(the decoded image's bytes in Pillow's mode, its decoder's own buffer while decoding)."""
+    pixels, bands = image.width * image.height, len(image.getbands())
+    stored = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
+    if image.format in ("JPEG", "MPO"):  # a progressive JPEG keeps every coefficient, 2 bytes
+        extra = 2 * bands if image.info.get("progressive") else 0
+    else:
+        extra = 0 if image.format in DECODED_IN_PLACE else 4 * bands
+    return pixels * stored, pixels * extra
+
+
+def check_fits(path: Path, image: Image.Image) -> None:
+    """Refuse, from its header, a photo whose decoding would take the process over its bound."""
+    stored, extra = decoding_bytes(image)
+    if stored + max(extra, TILE_BYTES) <= PHOTO_BYTES:
+        return
+    colour_megapixels = (PHOTO_BYTES - TILE_BYTES) / 4 / 1e6
+    progressive = ", progressive" if image.info.get("progressive") else ""
+    raise AelabError(
+        f"{path} is {image.width:,} × {image.height:,} pixels ({image.width * image.height / 1e6:.1f}"
+        f" megapixels, {image.format} {image.mode}{progressive}): it needs about "
+        f"{(stored + max(extra, TILE_BYTES)) / MB:,.0f} MB (decoded whole, then worked on in tiles), "
+        f"more than the {PHOTO_BYTES / MB:,.0f} MB this script leaves a photo to keep the whole "
+        f"process under {MEMORY_BOUND / MB:,.0f} MB: about {colour_megapixels:.0f} megapixels of "
+        "8-bit colour, four times that of 8-bit grey. Downscale or crop it first (e.g. with "
+        "Pillow's Image.reduce or ImageMagick's -resize)."
+    )
+
+
+@contextmanager
+def open_photo(path: Path) -> Iterator[Photo]:
+    """The image at path, opened lazily (header only) and checked against the memory bound, which
+    replaces Pillow's decompression-bomb guard; read failures name the file."""
+    if not path.is_file():
+        raise AelabError(f"The input image {path} does not exist.")
+    guard = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # check_fits is the guard: it knows the bound, Pillow does not
+    try:
+        with open_image(path) as image:
+            Image.MAX_IMAGE_PIXELS = guard
+            check_fits(path, image)
+            yield Photo(image, None)
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
+
+
+def turned_upright(photo: Photo) -> Photo:
+    """The photo turned as its EXIF orientation tag says (reading EXIF may decode a PNG)."""
+    orientation = photo.image.getexif().get(ExifTags.Base.Orientation, 1)
+    return Photo(photo.image, UPRIGHT.get(orientation))
+
+
+def converted_tiles(conversion: Conversion, photo: Photo) -> Iterator[tuple[Tile, torch.Tensor]]:
+    """Each tile with its converted RGB (1, 3, h, w) in [0, 1], a band of rows at a time."""
+    for band in conversion.tiling.rows(*photo.size):
+        for tile in band:
+            yield tile, conversion.tile(photo.read(tile.window), tile)
+
+
+def write_converted(conversion: Conversion, photo: Photo, path: Path) -> None:
+    """The converted photo as a PNG, a band of rows at a time, through a temporary file and a
+    rename: a stopped run leaves no half-written PNG."""
+    photo.image.load()  # decoded first: a truncated input is named as the input, not the output
+    height, width = photo.size
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        Image.fromarray(array).save(temporary, format="PNG")
+        with temporary.open("wb") as file:
+            png = PngStream(file, width, height)
+            for tile, rgb in converted_tiles(conversion, photo):
+                if tile.core.left == 0:
+                    rows = np.empty((tile.core.height, width, 3), dtype=np.uint8)
+                rows[:, tile.core.left : tile.core.right] = to_uint8(rgb)
+                if tile.core.right == width:
+                    png.write(rows)
+            png.close()
         temporary.replace(path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise AelabError(f"{path} could not be written ({error}).") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """(1, 3, h, w) in [0, 1] → (h, w, 3) uint8."""
+    return (rgb[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -193,16 +387,17 @@ def main(task: str, argv: list[str] | None = None) -> int:
         check_out_dir(args.out_dir)
         check_outputs(args.inputs, outputs, args.overwrite)
         for path in args.inputs:  # headers only: unreadable and oversized images, before any work
-            with open_image(path):
+            with open_photo(path):
                 pass
         try:
             args.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise AelabError(f"--out-dir {args.out_dir} could not be created ({error}).") from None
-        convert = colorize if task == "colorization" else reconstruct
+        conversion = conversion_for(network)
         pairs = list(zip(args.inputs, outputs, strict=True))
         for path, out in track(pairs, description=f"{verb}", disable=len(pairs) < 2):
-            write_png(convert(network, read_rgb(path)), out)
+            with open_photo(path) as photo:
+                write_converted(conversion, turned_upright(photo), out)
     except AelabError as error:
         print(f"aelab: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ belongs, a missing key) is "unreadable", with the reason; the other runs are rea
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
@@ -42,6 +43,11 @@ class Run:
     @property
     def completed(self) -> bool:
         return self.status == "completed"
+
+    @functools.cached_property
+    def curves(self) -> dict[str, Curve]:
+        """read_curves, read once: the report's charts share them."""
+        return read_curves(self.path)
 
 
 class Unreadable(Exception):

@@ -21,6 +21,7 @@ from torch import nn
 
 from aelab.data.cache_file import read_cache, write_cache
 from aelab.data.color import AB_OFFSET, AB_SCALE
+from aelab.models import ConvAutoEncoder
 from aelab.tasks.losses import soft_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ TABLE_SIZE = 2 * TABLE_LIMIT + 1
 PRIOR_FORMAT = (
     2  # 2: checksummed (aelab.data.cache_file); bump when the cached prior's meaning changes
 )
+DEFAULT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean
+DEFAULT_STRIDE = 4  # logits at a quarter of the image size, as Zhang et al. predict
 
 
 @functools.cache
@@ -198,3 +201,28 @@ def _is_prior(cached) -> bool:
         and bool(torch.isfinite(cached).all() and (cached >= 0).all())
         and abs(float(cached.sum()) - 1) < 1e-3
     )
+
+
+def classifier_logits(
+    network: ConvAutoEncoder, lightness: torch.Tensor, stride: int = DEFAULT_STRIDE
+) -> torch.Tensor:
+    """The network's bin logits at 1/stride of the input's size: its last log2(stride)
+    upsamplings left out (as many as it has), so the Q-channel head runs on fewer pixels; the
+    decoded ab is upsampled instead (decode_bins)."""
+    skip = max(int(stride).bit_length() - 1, 0)
+    layers = list(network.decoder)
+    upsamplings = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample)]
+    for index in reversed(upsamplings[len(upsamplings) - skip :] if skip else []):
+        del layers[index]
+    hidden = network.encoder(lightness)
+    for layer in layers:
+        hidden = layer(hidden)
+    return hidden
+
+
+def decode_bins(logits: torch.Tensor, temperature: float, size: tuple[int, int]) -> torch.Tensor:
+    """Bin logits → normalised ab (B, 2, *size): annealed mean, then bilinear to the image size."""
+    ab = annealed_mean(logits, temperature)
+    if ab.shape[-2:] != tuple(size):
+        ab = F.interpolate(ab, size=tuple(size), mode="bilinear", align_corners=False)
+    return ab

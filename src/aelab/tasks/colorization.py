@@ -10,47 +10,24 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from aelab.data.color import lab_normalized_to_rgb, unnormalize_lab
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 from aelab.tasks import ab_bins, metrics
+from aelab.tasks.ab_bins import (
+    DEFAULT_STRIDE,
+    DEFAULT_TEMPERATURE,
+    classifier_logits,
+    decode_bins,
+)
 from aelab.tasks.base import AutoEncoderTask, OptimizerFactory
 from aelab.tasks.losses import LOSSES
 
 log = logging.getLogger("aelab")
 
-DEFAULT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean
 DEFAULT_REBALANCE = 0.5  # Zhang et al.'s λ
-DEFAULT_STRIDE = 4  # logits at a quarter of the image size, as Zhang et al. predict
 STRIDES = (1, 2, 4)
-
-
-def classifier_logits(
-    network: ConvAutoEncoder, lightness: torch.Tensor, stride: int = DEFAULT_STRIDE
-) -> torch.Tensor:
-    """The network's bin logits at 1/stride of the input's size: its last log2(stride)
-    upsamplings left out (as many as it has), so the Q-channel head runs on fewer pixels; the
-    decoded ab is upsampled instead (decode_bins)."""
-    skip = max(int(stride).bit_length() - 1, 0)
-    layers = list(network.decoder)
-    upsamplings = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample)]
-    for index in reversed(upsamplings[len(upsamplings) - skip :] if skip else []):
-        del layers[index]
-    hidden = network.encoder(lightness)
-    for layer in layers:
-        hidden = layer(hidden)
-    return hidden
-
-
-def decode_bins(logits: torch.Tensor, temperature: float, size: tuple[int, int]) -> torch.Tensor:
-    """Bin logits → normalised ab (B, 2, *size): annealed mean, then bilinear to the image size."""
-    ab = ab_bins.annealed_mean(logits, temperature)
-    if ab.shape[-2:] != tuple(size):
-        ab = F.interpolate(ab, size=tuple(size), mode="bilinear", align_corners=False)
-    return ab
 
 
 class ColorizationTask(AutoEncoderTask):
