@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from aelab.runtime.sweeps import sweep_jobs
-from tests.conftest import CLEAN_ENVIRONMENT, make_image_folder
+from tests.conftest import CLEAN_ENVIRONMENT, make_image_folder, without_test_hooks
 
 REPO = Path(__file__).resolve().parents[1]
 HOOK = "+callbacks.stop._target_=tests.stop_phases.SignalInPhase"
@@ -62,15 +62,6 @@ def reference(run_args, tmp_path_factory) -> Path:
     return run_dir
 
 
-def without_hooks(run_dir: Path) -> None:
-    """The test's hooks out of the run's saved config: they fire once, not again on resume."""
-    path = run_dir / ".hydra" / "config.yaml"
-    config = OmegaConf.load(path)
-    config.callbacks.pop("stop", None)
-    config.logger.pop("stop", None)
-    OmegaConf.save(config, path)
-
-
 def curves(run_dir: Path) -> dict:
     """Per logger, each curve's (step, value) points in the order they were logged."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -93,7 +84,7 @@ def assert_resume_completes(result, run_dir: Path, reference: Path, signum: int)
     assert status["error"].startswith(signal.Signals(signum).name)
     (hinted,) = RESUME.findall(result.stderr)
     assert status["resume"] == f"python train.py {hinted}"
-    without_hooks(run_dir)
+    without_test_hooks(run_dir)
 
     resumed = train(hinted)
 
@@ -144,7 +135,7 @@ def test_a_run_dir_moved_after_a_stop_finishes_with_its_best_checkpoint(
     )  # fmt: skip
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     shutil.move(tmp_path / "run", moved)
-    without_hooks(moved)
+    without_test_hooks(moved)
 
     resumed = train(f"resume={moved}")
 
@@ -181,7 +172,7 @@ def test_resuming_a_run_whose_saved_widths_were_edited_is_refused_and_keeps_its_
     run_dir = tmp_path / "run"
     result = train(*run_args, HOOK, "+callbacks.stop.phase=fit", f"hydra.run.dir={run_dir}")
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
-    without_hooks(run_dir)
+    without_test_hooks(run_dir)
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     config.model.widths = [8, 12, 32]
     OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")

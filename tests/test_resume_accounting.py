@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.conftest import CLEAN_ENVIRONMENT, make_image_folder
+from tests.conftest import CLEAN_ENVIRONMENT, make_image_folder, without_test_hooks
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES_PER_EPOCH = 20  # 80 train images in batches of 4
@@ -129,6 +129,7 @@ def test_a_run_killed_after_its_epochs_last_step_checkpoint_logs_that_epoch_once
     assert (partial["epoch"], partial["images"]) == (0, 80) and partial["sum"] > 0
     elapsed_before_kill = saved["callbacks"]["EpochTimer"]["epoch_elapsed"]
 
+    without_test_hooks(run_dir)
     finish(f"resume={run_dir}")
 
     resumed_seconds = assert_same_epoch_numbers(run_dir, reference)

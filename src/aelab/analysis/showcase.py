@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from aelab.analysis.baselines import to_unit
+from aelab.analysis.baselines import recorded_splits, to_unit
 from aelab.analysis.figures import plot_image_grid
 from aelab.analysis.predict import colorize, load_colorizer, reconstruct
-from aelab.analysis.report import data_settings, load_splits
+from aelab.analysis.report import data_settings
 from aelab.analysis.runs import read_run
 from aelab.data.color import lab_normalized_to_rgb, rgb_to_lab_normalized
 from aelab.errors import AelabError
@@ -87,7 +87,7 @@ def run_test_split(checkpoint: Path) -> torch.Tensor:
             "images are unknown; give a checkpoint where python train.py left it "
             "(RUN/checkpoints/best.ckpt)."
         )
-    return load_splits(data_settings(run))["test"]
+    return recorded_splits([run_dir], data_settings(run))["test"]
 
 
 def loss_of(checkpoint: Path) -> str:
