@@ -126,6 +126,7 @@ def write_report(directory: Path) -> Path:
     """Write directory/report.md and directory/figures/*.png; return the report's path."""
     directory = Path(directory)
     runs = [tableable(run) for run in find_runs(directory)]
+    check_writable(directory)
     figures = directory / "figures"
     figures.mkdir(exist_ok=True)
     common, labels = describe_differences(runs)
@@ -155,6 +156,24 @@ def write_report(directory: Path) -> Path:
     path = directory / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def check_writable(directory: Path) -> None:
+    """Refuse, before any data or curve is read, a DIR whose report.md or figures/ cannot be
+    written: the work would end in an OSError traceback."""
+    report, figures = directory / "report.md", directory / "figures"
+    problems = [f"{report} is a directory"] if report.is_dir() else []
+    if figures.exists() and not figures.is_dir():
+        problems.append(f"{figures} is a file, where the report's figures go")
+    writable = [directory, *(path for path in (report, figures) if path.exists())]
+    problems += [
+        f"{path} is not writable by you" for path in writable if not os.access(path, os.W_OK)
+    ]
+    if problems:
+        raise AelabError(
+            f"report.py writes {report} and {figures}/ and cannot here: {'; '.join(problems)}. "
+            "Move what is in the way, or make the directory writable (chmod u+w), and run again."
+        )
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

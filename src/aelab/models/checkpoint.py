@@ -75,11 +75,9 @@ def load_network(path: str | Path, task: str) -> ConvAutoEncoder:
             f"(or {TASK_SCRIPTS.get(trained, 'the matching script')})."
         )
     try:
-        network = ConvAutoEncoder(**facts["model"])
-    except TypeError as error:  # settings that are not ConvAutoEncoder's, or not a dict of them
-        raise AelabError(
-            f"{path}: its network settings are not a ConvAutoEncoder's ({error})."
-        ) from None
+        network = ConvAutoEncoder.from_config(facts["model"])
+    except AelabError as error:
+        raise AelabError(f"{path}: {error}") from None
     weights = {
         key.removeprefix("model."): value
         for key, value in checkpoint["state_dict"].items()

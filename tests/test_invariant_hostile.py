@@ -1,0 +1,82 @@
+"""The hostile pass of issue 22: cases no issue listed, each against the invariant it breaks.
+
+Every bad input ends in one aelab paragraph with exit 2 before the work starts, and leaves what
+the user had (a file, a run, an earlier output) as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from aelab.analysis import png_stream, predict, report
+from aelab.errors import AelabError
+from aelab.tasks import ReconstructionTask
+from tests.test_evaluate import run_eval
+
+
+def test_eval_refuses_a_test_limit_that_rounds_to_no_batch(trained, tmp_path):
+    run_dir = trained("reconstruction")
+    eval_dir = tmp_path / "eval"
+    result = run_eval(
+        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+        "+trainer.limit_test_batches=0.001",
+        f"hydra.run.dir={eval_dir}",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "aelab: trainer.limit_test_batches=0.001 leaves the test loop no batch" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not eval_dir.exists()  # refused before the eval dir was made
+
+
+def test_load_from_checkpoint_names_network_settings_that_are_not_a_networks(trained, tmp_path):
+    checkpoint = torch.load(
+        trained("reconstruction") / "checkpoints" / "best.ckpt", weights_only=True
+    )
+    for name, model in {"extra_key": {"widths": [8], "depth": 3}, "a_list": [8, 12]}.items():
+        checkpoint["hyper_parameters"]["model"] = model
+        path = tmp_path / f"{name}.ckpt"
+        torch.save(checkpoint, path)
+        with pytest.raises(AelabError, match="are not a ConvAutoEncoder's") as refusal:
+            ReconstructionTask.load_from_checkpoint(path)
+        assert str(refusal.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("in_the_way", ["report.md", "figures"])
+def test_report_refuses_an_unwritable_output_before_reading_the_runs(
+    in_the_way, trained, tmp_path, capsys, monkeypatch
+):
+    run_dir = shutil.copytree(trained("reconstruction"), tmp_path / "run")
+    blocker = run_dir / in_the_way
+    blocker.mkdir() if in_the_way == "report.md" else blocker.write_text("mine\n")
+    monkeypatch.setattr(report, "group_section", lambda *args: pytest.fail("work started"))
+    assert report.main([str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{blocker} is a" in err and err.strip().count("\n") == 0
+
+
+def test_a_failed_write_keeps_the_earlier_output_and_leaves_no_temporary(
+    trained, tmp_path, capsys, monkeypatch
+):
+    checkpoint = trained("reconstruction") / "checkpoints" / "best.ckpt"
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(photo)
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = out / "photo.png"
+    earlier.write_bytes(b"the user's own file")
+    args = [str(photo), "--ckpt", str(checkpoint), "--out-dir", str(out)]
+    assert predict.main("reconstruction", args) == 2  # refused without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+    def disk_full(self, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(png_stream.PngStream, "write", disk_full)
+    assert predict.main("reconstruction", [*args, "--overwrite"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert earlier.read_bytes() == b"the user's own file"
+    assert sorted(path.name for path in out.iterdir()) == ["photo.png"]
