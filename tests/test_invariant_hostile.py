@@ -15,7 +15,8 @@ from PIL import Image
 from aelab.analysis import png_stream, predict, report
 from aelab.errors import AelabError
 from aelab.tasks import ReconstructionTask
-from tests.test_evaluate import run_eval
+from tests.conftest import run_cli
+from tests.test_evaluate import run_eval, snapshot
 
 
 def test_eval_refuses_a_test_limit_that_rounds_to_no_batch(trained, tmp_path):
@@ -80,3 +81,14 @@ def test_a_failed_write_keeps_the_earlier_output_and_leaves_no_temporary(
     assert "No space left on device" in capsys.readouterr().err
     assert earlier.read_bytes() == b"the user's own file"
     assert sorted(path.name for path in out.iterdir()) == ["photo.png"]
+
+
+def test_resume_of_an_eval_dir_is_refused_and_leaves_it_as_it_was(trained, tmp_path):
+    eval_dir = tmp_path / "eval"
+    checkpoint = trained("reconstruction") / "checkpoints" / "best.ckpt"
+    assert run_eval(f"ckpt_path={checkpoint}", f"hydra.run.dir={eval_dir}").returncode == 0
+    before = snapshot(eval_dir)
+    result = run_cli(f"resume={eval_dir}")
+    assert result.returncode == 2
+    assert f"aelab: resume={eval_dir}: {eval_dir} is an eval dir" in result.stderr
+    assert snapshot(eval_dir) == before  # no train.log, no "failed" metrics.json written into it

@@ -23,6 +23,7 @@ from aelab.runtime.run_lock import claim
 from aelab.runtime.sweeps import continue_sweep, is_sweep_dir
 
 PREFIX = "resume="
+EVAL_FILES = ("eval.log", "eval.json")  # Hydra's log of the job "eval", and its results
 
 
 def resume_arguments(argv: list[str]) -> list[str]:
@@ -61,6 +62,12 @@ def resumable_run_dir(path: str) -> Path:
         raise AelabError(
             f"resume={path}: {run_dir} is not a run dir (it has no .hydra/config.yaml). Give the "
             "dir of the run to continue, e.g. resume=outputs/runs/<date>_<time>.<µs>."
+        )
+    if any((run_dir / name).exists() for name in EVAL_FILES):
+        raise AelabError(
+            f"resume={path}: {run_dir} is an eval dir (eval.py wrote it), not a training run: it "
+            "holds no checkpoint to continue, and a resume would write over its files. Give the "
+            "dir of the run it scored (its eval.json names it as run_dir)."
         )
     load_run_config(run_dir)  # Hydra will load it: refused here if it names code aelab does not
     last = run_dir / "checkpoints" / "last.ckpt"
