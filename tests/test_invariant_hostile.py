@@ -92,3 +92,16 @@ def test_resume_of_an_eval_dir_is_refused_and_leaves_it_as_it_was(trained, tmp_p
     assert result.returncode == 2
     assert f"aelab: resume={eval_dir}: {eval_dir} is an eval dir" in result.stderr
     assert snapshot(eval_dir) == before  # no train.log, no "failed" metrics.json written into it
+
+
+@pytest.mark.parametrize(
+    "manifest", ["[1, 2]", '{"jobs": [{"job": 0}]}', '{"jobs": "all"}', "{", '{"jobs": [["x=1"]]}']
+)
+def test_an_edited_sweep_json_is_named_not_a_traceback(manifest, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_text(manifest)
+    result = run_cli(f"resume={sweep_dir}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"aelab: {sweep_dir} has" in result.stderr and "sweep.json" in result.stderr
+    assert "Traceback" not in result.stderr

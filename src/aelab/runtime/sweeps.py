@@ -98,14 +98,7 @@ def sweep_jobs(sweep_dir: str | Path) -> list[SweepJob]:
     """The sweep's jobs in order with their run dirs (found by their .hydra/overrides.yaml, so
     any hydra.sweep.subdir works) and states; "not run" for a job that never started."""
     sweep_dir = Path(sweep_dir)
-    try:
-        manifest = json.loads((sweep_dir / MANIFEST).read_text())
-    except (OSError, ValueError) as error:
-        raise AelabError(
-            f"{sweep_dir} has no readable {MANIFEST} ({error}), the list of its jobs that a sweep "
-            "writes when it starts. An Optuna search continues when its command runs again; a "
-            "single run continues with python train.py resume=RUN_DIR."
-        ) from None
+    manifest = read_manifest(sweep_dir)
     run_dirs = {}
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         overrides = tuple(OmegaConf.to_container(OmegaConf.load(overrides_file)))
@@ -116,6 +109,32 @@ def sweep_jobs(sweep_dir: str | Path) -> list[SweepJob]:
         run_dir = run_dirs.pop(overrides, None)
         jobs.append(SweepJob(entry["job"], overrides, run_dir, _status(run_dir)))
     return jobs
+
+
+def read_manifest(sweep_dir: Path) -> dict:
+    """SWEEP_DIR/sweep.json as RecordSweepJobs wrote it; AelabError when it is not (edited,
+    truncated), before any job runs."""
+    try:
+        manifest = json.loads((sweep_dir / MANIFEST).read_text())
+    except (OSError, ValueError) as error:
+        problem = f"has no readable {MANIFEST} ({error})"
+    else:
+        jobs = manifest.get("jobs") if isinstance(manifest, dict) else None
+        entries_ok = isinstance(jobs, list) and all(
+            isinstance(job, dict)
+            and isinstance(job.get("job"), int)
+            and isinstance(job.get("overrides"), list)
+            and all(isinstance(line, str) for line in job["overrides"])
+            for job in jobs
+        )
+        if entries_ok and isinstance(manifest.get("hydra_overrides", []), list):
+            return manifest
+        problem = f"has a {MANIFEST} that is not the list of jobs aelab writes (was it edited?)"
+    raise AelabError(
+        f"{sweep_dir} {problem}: {MANIFEST} is the list of its jobs that a sweep writes when it "
+        "starts. An Optuna search continues when its command runs again; a single run continues "
+        "with python train.py resume=RUN_DIR."
+    )
 
 
 def jobs_not_run(directory: str | Path) -> list[tuple[Path, SweepJob]]:
@@ -152,7 +171,7 @@ def continue_sweep(sweep_dir: Path, script: str) -> int:
     its own `python train.py` process; a stop signal is passed on to the job and ends the
     continuation. Failed and diverged jobs are left as they are. Returns the exit status."""
     jobs = sweep_jobs(sweep_dir)
-    hydra_overrides = json.loads((sweep_dir / MANIFEST).read_text())["hydra_overrides"]
+    hydra_overrides = read_manifest(sweep_dir).get("hydra_overrides", [])
     left_alone = []
     for job in jobs:
         if job.status == "completed":
