@@ -6,10 +6,12 @@ the user had (a file, a run, an earlier output) as it was.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from aelab.analysis import png_stream, predict, report
@@ -105,3 +107,16 @@ def test_an_edited_sweep_json_is_named_not_a_traceback(manifest, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"aelab: {sweep_dir} has" in result.stderr and "sweep.json" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_report_shows_a_stopped_sweeps_jobs_not_run(trained, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(trained("reconstruction"), sweep_dir / "0")
+    done = OmegaConf.to_container(OmegaConf.load(sweep_dir / "0" / ".hydra" / "overrides.yaml"))
+    jobs = [done, [*done, "seed=7"]]
+    manifest = {"jobs": [{"job": n, "overrides": o} for n, o in enumerate(jobs)]}
+    (sweep_dir / "sweep.json").write_text(json.dumps(manifest))
+    text = report.write_report(sweep_dir).read_text()
+    assert "2 run(s): 1 completed, 1 not run." in text
+    assert "| `.` | 1 | " in text and "seed=7 |" in text
+    assert f"Continue with `python train.py resume={sweep_dir}`." in text
