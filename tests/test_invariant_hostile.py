@@ -17,7 +17,7 @@ from PIL import Image
 from aelab.analysis import png_stream, predict, report
 from aelab.errors import AelabError
 from aelab.tasks import ReconstructionTask
-from tests.conftest import run_cli
+from tests.conftest import make_image_folder, run_cli
 from tests.test_evaluate import run_eval, snapshot
 
 
@@ -120,3 +120,16 @@ def test_the_report_shows_a_stopped_sweeps_jobs_not_run(trained, tmp_path):
     assert "2 run(s): 1 completed, 1 not run." in text
     assert "| `.` | 1 | " in text and "seed=7 |" in text
     assert f"Continue with `python train.py resume={sweep_dir}`." in text
+
+
+def test_a_run_dir_inside_its_own_data_root_is_refused_leaving_the_images_as_they_were(tmp_path):
+    images = make_image_folder(tmp_path / "images", train_per_class=20, test_per_class=5)
+    before = snapshot(images)
+    result = run_cli(
+        *("debug=smoke", "data=folder", f"data.root={images}", "data.subset=null"),
+        *(f"paths.cache_dir={tmp_path / 'cache'}", "trainer.accelerator=cpu"),
+        f"hydra.run.dir={images / 'train' / 'cats' / 'run'}",  # its preview.png: a "cats" image
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "lies inside data.root" in result.stderr
+    assert snapshot(images) == before

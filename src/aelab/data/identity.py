@@ -198,6 +198,14 @@ def mismatch(run_dir: Path, found: list[str], refused: str, remedy: str) -> Aela
 
 def record_or_check(run_dir: Path, datamodule, resuming: bool) -> None:
     """At a run's start, record its data; on its resume, check the data is still the same."""
+    root = Path(datamodule.root).expanduser().resolve()
+    if datamodule.source == "folder" and Path(run_dir).resolve().is_relative_to(root):
+        raise AelabError(
+            f"The run dir {run_dir} lies inside data.root {root}: the images the run writes "
+            "(preview.png) would join its own data, so its resume and eval.py would find the data "
+            "changed, and later runs would train on them. Put the run elsewhere (hydra.run.dir or "
+            "hydra.sweep.dir outside the image folder)."
+        )
     if not resuming:
         record(run_dir, datamodule)
         return
