@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from aelab.analysis import png_stream, predict, report
+from aelab.data import identity
 from aelab.errors import AelabError
 from aelab.tasks import ReconstructionTask
 from tests.conftest import make_image_folder, run_cli
@@ -133,3 +134,12 @@ def test_a_run_dir_inside_its_own_data_root_is_refused_leaving_the_images_as_the
     assert result.returncode == 2, result.stderr[-2000:]
     assert "lies inside data.root" in result.stderr
     assert snapshot(images) == before
+
+
+@pytest.mark.parametrize("edit", [{"root": 7}, {"id": None}, {"root": ["/data"]}])
+def test_a_data_json_edited_to_other_types_is_named_not_a_traceback(edit, trained, tmp_path):
+    run_dir = shutil.copytree(trained("reconstruction"), tmp_path / "run")
+    saved = json.loads((run_dir / "data.json").read_text())
+    (run_dir / "data.json").write_text(json.dumps({**saved, **edit}))
+    with pytest.raises(AelabError, match="is not a data identity written by aelab"):
+        identity.recorded(run_dir)

@@ -101,7 +101,9 @@ def recorded(run_dir: Path) -> dict | None:
             "the file, or delete it to treat the run as one from before data identities were "
             "recorded (its data is then not checked)."
         ) from None
-    if not isinstance(saved, dict) or not all(key in saved for key in ("id", "root")):
+    if not isinstance(saved, dict) or not all(
+        isinstance(saved.get(k), str) for k in ("id", "root")
+    ):
         raise AelabError(f"{path} is not a data identity written by aelab; restore or delete it.")
     return saved
 
