@@ -143,3 +143,18 @@ def test_a_data_json_edited_to_other_types_is_named_not_a_traceback(edit, traine
     (run_dir / "data.json").write_text(json.dumps({**saved, **edit}))
     with pytest.raises(AelabError, match="is not a data identity written by aelab"):
         identity.recorded(run_dir)
+
+
+@pytest.mark.parametrize("overrides", ["{", "5", "[1, 2]"])
+def test_a_jobs_edited_overrides_yaml_is_named_when_the_sweep_continues(overrides, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "0" / ".hydra").mkdir(parents=True)
+    (sweep_dir / "0" / ".hydra" / "overrides.yaml").write_text(overrides)
+    manifest = {"jobs": [{"job": 0, "overrides": ["seed=1"]}], "hydra_overrides": []}
+    (sweep_dir / "sweep.json").write_text(json.dumps(manifest))
+    result = run_cli(f"resume={sweep_dir}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (
+        f"aelab: {sweep_dir / '0' / '.hydra' / 'overrides.yaml'} is not the list" in result.stderr
+    )
+    assert "Traceback" not in result.stderr

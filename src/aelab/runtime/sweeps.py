@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aelab.errors import AelabError
 from aelab.runtime import created
@@ -101,8 +103,7 @@ def sweep_jobs(sweep_dir: str | Path) -> list[SweepJob]:
     manifest = read_manifest(sweep_dir)
     run_dirs = {}
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        overrides = tuple(OmegaConf.to_container(OmegaConf.load(overrides_file)))
-        run_dirs.setdefault(overrides, overrides_file.parent.parent)
+        run_dirs.setdefault(job_overrides(overrides_file), overrides_file.parent.parent)
     jobs = []
     for entry in manifest["jobs"]:
         overrides = tuple(entry["overrides"])
@@ -135,6 +136,22 @@ def read_manifest(sweep_dir: Path) -> dict:
         "starts. An Optuna search continues when its command runs again; a single run continues "
         "with python train.py resume=RUN_DIR."
     )
+
+
+def job_overrides(overrides_file: Path) -> tuple[str, ...]:
+    """A job dir's overrides, which tell which listed job it is; AelabError naming the file when
+    it is not Hydra's list of them (edited, truncated)."""
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(overrides_file))
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException):
+        overrides = None  # unreadable: named below, as one that is no list
+    if not isinstance(overrides, list) or not all(isinstance(line, str) for line in overrides):
+        raise AelabError(
+            f"{overrides_file} is not the list of overrides Hydra writes for a job, so which of "
+            "its sweep's jobs that dir holds is not known. Restore the file, or move that job's dir "
+            "out of the sweep."
+        )
+    return tuple(overrides)
 
 
 def jobs_not_run(directory: str | Path) -> list[tuple[Path, SweepJob]]:
