@@ -17,6 +17,7 @@ from PIL import Image
 from aelab.analysis import png_stream, predict, report
 from aelab.data import identity
 from aelab.errors import AelabError
+from aelab.models.checkpoint import read_checkpoint
 from aelab.tasks import ReconstructionTask
 from tests.conftest import make_image_folder, run_cli
 from tests.test_evaluate import run_eval, snapshot
@@ -158,3 +159,9 @@ def test_a_jobs_edited_overrides_yaml_is_named_when_the_sweep_continues(override
         f"aelab: {sweep_dir / '0' / '.hydra' / 'overrides.yaml'} is not the list" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_run_dir_given_as_the_checkpoint_is_named_as_a_directory(trained):
+    run_dir = trained("reconstruction")
+    with pytest.raises(AelabError, match="is a directory, not a checkpoint file"):
+        read_checkpoint(run_dir)

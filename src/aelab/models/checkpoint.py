@@ -22,8 +22,9 @@ def read_checkpoint(path: str | Path) -> dict:
     """An aelab checkpoint's contents, read as data: a pickle that would run code is refused."""
     path = Path(path)
     if not path.is_file():
+        what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
         raise AelabError(
-            f"The checkpoint {path} does not exist. Runs keep theirs in <run dir>/checkpoints/ "
+            f"The checkpoint {path} {what}. Runs keep theirs in <run dir>/checkpoints/ "
             "(best.ckpt and last.ckpt)."
         )
     try:
