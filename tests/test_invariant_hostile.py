@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from aelab.analysis import png_stream, predict, report
+from aelab.analysis.runs import find_runs
 from aelab.data import identity
 from aelab.errors import AelabError
 from aelab.models.checkpoint import read_checkpoint
@@ -165,3 +166,12 @@ def test_a_run_dir_given_as_the_checkpoint_is_named_as_a_directory(trained):
     run_dir = trained("reconstruction")
     with pytest.raises(AelabError, match="is a directory, not a checkpoint file"):
         read_checkpoint(run_dir)
+
+
+def test_a_failed_eval_dir_is_not_reported_as_a_run(tmp_path):
+    for name, log in (("run", "train.log"), ("eval", "eval.log")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("seed: 1\n")
+        (tmp_path / name / log).write_text("log\n")
+    (tmp_path / "eval" / "metrics.json").write_text('{"status": "failed", "error": "E"}\n')
+    assert [run.name for run in find_runs(tmp_path)] == ["run"]  # eval.py failed: no eval.json

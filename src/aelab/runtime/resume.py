@@ -18,12 +18,11 @@ from pathlib import Path
 
 from aelab.errors import AelabError
 from aelab.runtime.distributed import launch_rank
-from aelab.runtime.run_config import load_run_config
+from aelab.runtime.run_config import is_eval_dir, load_run_config
 from aelab.runtime.run_lock import claim
 from aelab.runtime.sweeps import continue_sweep, is_sweep_dir
 
 PREFIX = "resume="
-EVAL_FILES = ("eval.log", "eval.json")  # Hydra's log of the job "eval", and its results
 
 
 def resume_arguments(argv: list[str]) -> list[str]:
@@ -63,7 +62,7 @@ def resumable_run_dir(path: str) -> Path:
             f"resume={path}: {run_dir} is not a run dir (it has no .hydra/config.yaml). Give the "
             "dir of the run to continue, e.g. resume=outputs/runs/<date>_<time>.<µs>."
         )
-    if any((run_dir / name).exists() for name in EVAL_FILES):
+    if is_eval_dir(run_dir):
         raise AelabError(
             f"resume={path}: {run_dir} is an eval dir (eval.py wrote it), not a training run: it "
             "holds no checkpoint to continue, and a resume would write over its files. Give the "
