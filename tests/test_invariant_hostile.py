@@ -52,7 +52,7 @@ def test_load_from_checkpoint_names_network_settings_that_are_not_a_networks(tra
 
 
 @pytest.mark.parametrize("in_the_way", ["report.md", "figures"])
-def test_report_refuses_an_unwritable_output_before_reading_the_runs(
+def test_report_refuses_an_unwritable_output_before_its_work_starts(
     in_the_way, trained, tmp_path, capsys, monkeypatch
 ):
     run_dir = shutil.copytree(trained("reconstruction"), tmp_path / "run")
