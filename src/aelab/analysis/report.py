@@ -35,6 +35,7 @@ from aelab.analysis.predict import colorize, load_colorizer
 from aelab.analysis.runs import Run, Unreadable, describe_differences, find_runs, read_json
 from aelab.data.color import lab_normalized_to_rgb, rgb_to_lab_normalized
 from aelab.errors import AelabError
+from aelab.runtime.sweeps import SweepJob, jobs_not_run
 
 log = logging.getLogger(__name__)
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: hydra.yaml 10× faster
@@ -126,15 +127,18 @@ def write_report(directory: Path) -> Path:
     """Write directory/report.md and directory/figures/*.png; return the report's path."""
     directory = Path(directory)
     runs = [tableable(run) for run in find_runs(directory)]
+    check_writable(directory)
     figures = directory / "figures"
     figures.mkdir(exist_ok=True)
     common, labels = describe_differences(runs)
     statuses = ("completed", "running", "crashed", "unreadable")
     counts = {s: sum(run.status == s for run in runs) for s in statuses}
+    not_run = unstarted_jobs(directory)
+    counts["not run"] = len(not_run)
     lines = [
         f"# Report: {directory.resolve().name}",
         "",
-        f"{len(runs)} run(s): "
+        f"{len(runs) + counts['not run']} run(s): "
         + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
         + ". "
         "Read from what the runs logged (TensorBoard, metrics.json, timing.json, .hydra/); "
@@ -149,12 +153,31 @@ def write_report(directory: Path) -> Path:
             group, labels, directory, figures / f"val_psnr_{index}_{group.task}.png"
         )
     lines += unreadable_section([run for run in runs if run.config is None], labels)
+    lines += not_run_section(not_run, directory)
     lines += ["## Runs", ""]
     for run in runs:
         lines += run_section(run, labels[run.name], directory, figures)
     path = directory / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def check_writable(directory: Path) -> None:
+    """Refuse, before any data or curve is read, a DIR whose report.md or figures/ cannot be
+    written: the work would end in an OSError traceback."""
+    report, figures = directory / "report.md", directory / "figures"
+    problems = [f"{report} is a directory"] if report.is_dir() else []
+    if figures.exists() and not figures.is_dir():
+        problems.append(f"{figures} is a file, where the report's figures go")
+    writable = [directory, *(path for path in (report, figures) if path.exists())]
+    problems += [
+        f"{path} is not writable by you" for path in writable if not os.access(path, os.W_OK)
+    ]
+    if problems:
+        raise AelabError(
+            f"report.py writes {report} and {figures}/ and cannot here: {'; '.join(problems)}. "
+            "Move what is in the way, or make the directory writable (chmod u+w), and run again."
+        )
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
@@ -228,6 +251,28 @@ def unreadable_section(runs: list[Run], labels: dict[str, str]) -> list[str]:
     for run in runs:
         cells = [f"`{run.name}`", labels[run.name], run.detail]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    return [*lines, ""]
+
+
+def unstarted_jobs(directory: Path) -> list[tuple[Path, SweepJob]]:
+    """The jobs of the sweeps under directory that never started (a stopped sweep's rest): they
+    have no run dir, so only their sweep's sweep.json tells of them."""
+    try:
+        return jobs_not_run(directory)
+    except AelabError as error:  # an edited sweep.json: the runs are still reported
+        log.warning("Jobs not run are not listed: %s", error)
+        return []
+
+
+def not_run_section(jobs: list[tuple[Path, SweepJob]], directory: Path) -> list[str]:
+    if not jobs:
+        return []
+    lines = ["## Not run", "", "| sweep | job | overrides |", "|---|---|---|"]
+    for sweep_dir, job in jobs:
+        cells = [f"`{sweep_dir.relative_to(directory)}`", str(job.number), " ".join(job.overrides)]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    sweeps = sorted({str(sweep_dir) for sweep_dir, _ in jobs})
+    lines += ["", *(f"Continue with `python train.py resume={sweep}`." for sweep in sweeps)]
     return [*lines, ""]
 
 

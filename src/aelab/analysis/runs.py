@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aelab.errors import AelabError
-from aelab.runtime.run_config import load_run_config
+from aelab.runtime.run_config import is_eval_dir, load_run_config
 
 Curve = list[tuple[int, float]]  # (epoch, value), epochs counted from 0
 
@@ -65,7 +65,7 @@ def find_runs(directory: Path) -> list[Run]:
         (
             config.parent.parent
             for config in directory.rglob(".hydra/config.yaml")
-            if not (config.parent.parent / "eval.json").exists()  # eval.py's dirs are no runs
+            if not is_eval_dir(config.parent.parent)  # eval.py's dirs are no runs
         ),
         key=lambda path: _natural_key(path.relative_to(directory)),
     )

@@ -23,11 +23,20 @@ LOOPS = (
 )
 
 
-def check_every_loop_gets_a_batch(trainer: L.Trainer, datamodule: ImageDataModule) -> None:
-    """Raise AelabError, before fit, when a loop that runs would get no batch from its limit."""
+def check_every_loop_gets_a_batch(
+    trainer: L.Trainer, datamodule: ImageDataModule, scored: str | None = None
+) -> None:
+    """Raise AelabError, before fit, when a loop that runs would get no batch from its limit.
+
+    `scored`: eval.py's split, the one loop it runs (its limit of 0 is no batch, not a skip).
+    """
     for split, setting, without in LOOPS:
+        if scored is not None:
+            if split != scored:
+                continue
+            without = f"have no {split} scores"
         limit = getattr(trainer, setting)  # Lightning has put overfit_batches here when set
-        if split not in datamodule.splits or (split == "val" and limit == 0):
+        if split not in datamodule.splits or (split == "val" and limit == 0 and not scored):
             continue  # splits not loaded on this rank; limit_val_batches=0: no validation asked
         training = split == "train"
         batch_size = datamodule.batch_size if training else datamodule.eval_batch_size
@@ -40,10 +49,11 @@ def check_every_loop_gets_a_batch(trainer: L.Trainer, datamodule: ImageDataModul
         if (min(batches, limit) if isinstance(limit, int) else int(batches * limit)) > 0:
             continue
         named = "overfit_batches" if trainer.overfit_batches and split != "test" else setting
+        fraction = math.ceil(1000 / batches) / 1000  # the smallest that leaves a batch
+        least = f"at least trainer.{named}={fraction:g}, or " if fraction < 1 else ""
         raise AelabError(
             f"trainer.{named}={limit} leaves the {split} loop no batch: the {split} split's "
             f"{images:,} images make {batches} batch(es) per process, and {limit} of them rounds "
-            f"down to 0, so the run would {without}. Use at least trainer.{named}="
-            f"{math.ceil(1000 / batches) / 1000:g}, or a whole number of batches "
+            f"down to 0, so the run would {without}. Use {least}a whole number of batches "
             f"(trainer.{named}=1)."
         )

@@ -101,7 +101,9 @@ def recorded(run_dir: Path) -> dict | None:
             "the file, or delete it to treat the run as one from before data identities were "
             "recorded (its data is then not checked)."
         ) from None
-    if not isinstance(saved, dict) or not all(key in saved for key in ("id", "root")):
+    if not isinstance(saved, dict) or not all(
+        isinstance(saved.get(k), str) for k in ("id", "root")
+    ):
         raise AelabError(f"{path} is not a data identity written by aelab; restore or delete it.")
     return saved
 
@@ -198,6 +200,14 @@ def mismatch(run_dir: Path, found: list[str], refused: str, remedy: str) -> Aela
 
 def record_or_check(run_dir: Path, datamodule, resuming: bool) -> None:
     """At a run's start, record its data; on its resume, check the data is still the same."""
+    root = Path(datamodule.root).expanduser().resolve()
+    if datamodule.source == "folder" and Path(run_dir).resolve().is_relative_to(root):
+        raise AelabError(
+            f"The run dir {run_dir} lies inside data.root {root}: the images the run writes "
+            "(preview.png) would join its own data, so its resume and eval.py would find the data "
+            "changed, and later runs would train on them. Put the run elsewhere (hydra.run.dir or "
+            "hydra.sweep.dir outside the image folder)."
+        )
     if not resuming:
         record(run_dir, datamodule)
         return

@@ -79,6 +79,18 @@ class ConvAutoEncoder(nn.Module):
             "activation": self.activation,
         }
 
+    @classmethod
+    def from_config(cls, settings: object) -> ConvAutoEncoder:
+        """The network a saved config() describes; AelabError when it is not one (a checkpoint's
+        settings are data from elsewhere, and a TypeError would not say whose they are)."""
+        try:
+            return cls(**settings)
+        except (TypeError, ValueError) as error:  # unknown keys, not a dict, widths not numbers
+            raise AelabError(
+                f"The network settings {settings!r} are not a ConvAutoEncoder's ({error}); "
+                "a checkpoint written by aelab holds ConvAutoEncoder.config()."
+            ) from None
+
     @property
     def pooling_stages(self) -> int:
         """How many times the encoder halves the image (and the decoder doubles it back)."""

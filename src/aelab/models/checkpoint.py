@@ -22,8 +22,9 @@ def read_checkpoint(path: str | Path) -> dict:
     """An aelab checkpoint's contents, read as data: a pickle that would run code is refused."""
     path = Path(path)
     if not path.is_file():
+        what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
         raise AelabError(
-            f"The checkpoint {path} does not exist. Runs keep theirs in <run dir>/checkpoints/ "
+            f"The checkpoint {path} {what}. Runs keep theirs in <run dir>/checkpoints/ "
             "(best.ckpt and last.ckpt)."
         )
     try:
@@ -75,11 +76,9 @@ def load_network(path: str | Path, task: str) -> ConvAutoEncoder:
             f"(or {TASK_SCRIPTS.get(trained, 'the matching script')})."
         )
     try:
-        network = ConvAutoEncoder(**facts["model"])
-    except TypeError as error:  # settings that are not ConvAutoEncoder's, or not a dict of them
-        raise AelabError(
-            f"{path}: its network settings are not a ConvAutoEncoder's ({error})."
-        ) from None
+        network = ConvAutoEncoder.from_config(facts["model"])
+    except AelabError as error:
+        raise AelabError(f"{path}: {error}") from None
     weights = {
         key.removeprefix("model."): value
         for key, value in checkpoint["state_dict"].items()

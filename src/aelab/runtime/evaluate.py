@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aelab.data import identity
+from aelab.data.batch_limits import check_every_loop_gets_a_batch
 from aelab.errors import AelabError
 from aelab.models.checkpoint import load_network, read_checkpoint
 from aelab.runtime.lifecycle import guarded
@@ -64,6 +65,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
     data = identity.evaluation_data(datamodule, run_dir, given=given_data(cfg))
 
     trainer = evaluation_trainer(run_cfg)
+    check_every_loop_gets_a_batch(trainer, datamodule, scored=split)  # before Lightning's refusal
     (scores,) = getattr(trainer, TRAINER_METHODS[split])(task, datamodule=datamodule)
     results = {
         "task": task.name,

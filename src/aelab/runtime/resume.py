@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aelab.errors import AelabError
 from aelab.runtime.distributed import launch_rank
-from aelab.runtime.run_config import load_run_config
+from aelab.runtime.run_config import is_eval_dir, load_run_config
 from aelab.runtime.run_lock import claim
 from aelab.runtime.sweeps import continue_sweep, is_sweep_dir
 
@@ -61,6 +61,12 @@ def resumable_run_dir(path: str) -> Path:
         raise AelabError(
             f"resume={path}: {run_dir} is not a run dir (it has no .hydra/config.yaml). Give the "
             "dir of the run to continue, e.g. resume=outputs/runs/<date>_<time>.<µs>."
+        )
+    if is_eval_dir(run_dir):
+        raise AelabError(
+            f"resume={path}: {run_dir} is an eval dir (eval.py wrote it), not a training run: it "
+            "holds no checkpoint to continue, and a resume would write over its files. Give the "
+            "dir of the run it scored (its eval.json names it as run_dir)."
         )
     load_run_config(run_dir)  # Hydra will load it: refused here if it names code aelab does not
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -18,6 +18,14 @@ from aelab.config.trusted import (
 from aelab.errors import AelabError
 
 RETIRED_PROFILER = "aelab.profiler.NoProfiler"
+# Hydra's log of the job "eval" (there from its start), and its results.
+EVAL_FILES = ("eval.log", "eval.json")
+
+
+def is_eval_dir(directory: Path) -> bool:
+    """Whether eval.py wrote the dir (it holds a .hydra/config.yaml too, but is no run), even
+    when its evaluation failed before eval.json."""
+    return any((directory / name).exists() for name in EVAL_FILES)
 
 
 def load_run_config(

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aelab.errors import AelabError
 from aelab.runtime import created
@@ -98,24 +100,58 @@ def sweep_jobs(sweep_dir: str | Path) -> list[SweepJob]:
     """The sweep's jobs in order with their run dirs (found by their .hydra/overrides.yaml, so
     any hydra.sweep.subdir works) and states; "not run" for a job that never started."""
     sweep_dir = Path(sweep_dir)
-    try:
-        manifest = json.loads((sweep_dir / MANIFEST).read_text())
-    except (OSError, ValueError) as error:
-        raise AelabError(
-            f"{sweep_dir} has no readable {MANIFEST} ({error}), the list of its jobs that a sweep "
-            "writes when it starts. An Optuna search continues when its command runs again; a "
-            "single run continues with python train.py resume=RUN_DIR."
-        ) from None
+    manifest = read_manifest(sweep_dir)
     run_dirs = {}
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        overrides = tuple(OmegaConf.to_container(OmegaConf.load(overrides_file)))
-        run_dirs.setdefault(overrides, overrides_file.parent.parent)
+        run_dirs.setdefault(job_overrides(overrides_file), overrides_file.parent.parent)
     jobs = []
     for entry in manifest["jobs"]:
         overrides = tuple(entry["overrides"])
         run_dir = run_dirs.pop(overrides, None)
         jobs.append(SweepJob(entry["job"], overrides, run_dir, _status(run_dir)))
     return jobs
+
+
+def read_manifest(sweep_dir: Path) -> dict:
+    """SWEEP_DIR/sweep.json as RecordSweepJobs wrote it; AelabError when it is not (edited,
+    truncated), before any job runs."""
+    try:
+        manifest = json.loads((sweep_dir / MANIFEST).read_text())
+    except (OSError, ValueError) as error:
+        problem = f"has no readable {MANIFEST} ({error})"
+    else:
+        jobs = manifest.get("jobs") if isinstance(manifest, dict) else None
+        entries_ok = isinstance(jobs, list) and all(
+            isinstance(job, dict)
+            and isinstance(job.get("job"), int)
+            and isinstance(job.get("overrides"), list)
+            and all(isinstance(line, str) for line in job["overrides"])
+            for job in jobs
+        )
+        if entries_ok and isinstance(manifest.get("hydra_overrides", []), list):
+            return manifest
+        problem = f"has a {MANIFEST} that is not the list of jobs aelab writes (was it edited?)"
+    raise AelabError(
+        f"{sweep_dir} {problem}: {MANIFEST} is the list of its jobs that a sweep writes when it "
+        "starts. An Optuna search continues when its command runs again; a single run continues "
+        "with python train.py resume=RUN_DIR."
+    )
+
+
+def job_overrides(overrides_file: Path) -> tuple[str, ...]:
+    """A job dir's overrides, which tell which listed job it is; AelabError naming the file when
+    it is not Hydra's list of them (edited, truncated)."""
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(overrides_file))
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException):
+        overrides = None  # unreadable: named below, as one that is no list
+    if not isinstance(overrides, list) or not all(isinstance(line, str) for line in overrides):
+        raise AelabError(
+            f"{overrides_file} is not the list of overrides Hydra writes for a job, so which of "
+            "its sweep's jobs that dir holds is not known. Restore the file, or move that job's dir "
+            "out of the sweep."
+        )
+    return tuple(overrides)
 
 
 def jobs_not_run(directory: str | Path) -> list[tuple[Path, SweepJob]]:
@@ -152,7 +188,7 @@ def continue_sweep(sweep_dir: Path, script: str) -> int:
     its own `python train.py` process; a stop signal is passed on to the job and ends the
     continuation. Failed and diverged jobs are left as they are. Returns the exit status."""
     jobs = sweep_jobs(sweep_dir)
-    hydra_overrides = json.loads((sweep_dir / MANIFEST).read_text())["hydra_overrides"]
+    hydra_overrides = read_manifest(sweep_dir).get("hydra_overrides", [])
     left_alone = []
     for job in jobs:
         if job.status == "completed":

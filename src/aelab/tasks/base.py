@@ -7,7 +7,7 @@ preview rows look; everything else lives here.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 
 import lightning as L
@@ -50,8 +50,8 @@ class AutoEncoderTask(L.LightningModule):
             )
         if loss not in self.accepted_losses:
             raise AelabError(f"loss must be one of {list(self.accepted_losses)}, got {loss!r}.")
-        if isinstance(model, Mapping):
-            model = ConvAutoEncoder(**model)
+        if not isinstance(model, ConvAutoEncoder):
+            model = ConvAutoEncoder.from_config(model)
         out_channels = self.output_channels(loss)
         if (model.in_channels, model.out_channels) != (self.in_channels, out_channels):
             raise AelabError(
@@ -234,9 +234,12 @@ class AutoEncoderTask(L.LightningModule):
                 "could run code when unpickled. Leave weights_only out."
             )
         read_checkpoint(checkpoint_path)
-        return super().load_from_checkpoint(
-            checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
-        )
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
+            )
+        except AelabError as error:  # settings the task refuses: say which checkpoint holds them
+            raise AelabError(f"{checkpoint_path}: {error}") from None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         partial_epoch = checkpoint.get("aelab_epoch_loss")
