@@ -181,24 +181,39 @@ def check_writable(directory: Path) -> None:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs grouped by task and data. A run without a data.json id (one that stopped before it
+    recorded its data) joins the runs whose data settings it shares and that recorded an id."""
+    keyed = [(run, task_name(run), data_settings(run)) for run in runs]
+    ids = {}
+    for run, task, settings in keyed:
+        if (recorded := recorded_id(run)) is not None:
+            ids[json.dumps([task, settings_key(settings)])] = recorded
     groups: dict[str, Group] = {}
-    for run in runs:
-        task, settings = task_name(run), data_settings(run)
-        key = json.dumps([task, data_identity(run, settings)], sort_keys=True)
+    for run, task, settings in keyed:
+        by_settings = json.dumps([task, settings_key(settings)])
+        data = recorded_id(run) or ids.get(by_settings) or settings_key(settings)
+        key = json.dumps([task, data])
         groups.setdefault(key, Group(task, settings, [])).runs.append(run)
     return list(groups.values())
 
 
-def data_identity(run: Run, settings: dict) -> str:
-    """What makes two runs' data the same: the "id" of the run's data.json when it recorded one,
-    else its split settings with the root resolved (relative to where it ran, links followed),
-    however it was spelled. The cache dir is no part of it: it changes no image."""
+def recorded_id(run: Run) -> str | None:
+    """The "id" of the run's data.json: what makes two runs' data the same, however the root
+    was spelled."""
     try:
         recorded = read_json(run.path / "data.json")
     except Unreadable:
-        recorded = None
-    if isinstance(recorded, dict) and isinstance(recorded.get("id"), str):
-        return recorded["id"]
+        return None
+    return (
+        recorded.get("id")
+        if isinstance(recorded, dict) and isinstance(recorded.get("id"), str)
+        else None
+    )
+
+
+def settings_key(settings: dict) -> str:
+    """A run's split settings with the root resolved (relative to where it ran, links followed).
+    The cache dir is no part of it: it changes no image."""
     return json.dumps({key: settings[key] for key in DATA_KEYS}, sort_keys=True)
 
 
