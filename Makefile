@@ -6,6 +6,8 @@ SYSTEM_TORCH ?=
 VENV_FLAGS := $(if $(SYSTEM_TORCH),--system-site-packages,)
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Two test workers: most tests wait on a train.py subprocess, so two fit in two cores.
+TEST_WORKERS ?= 2
 
 .PHONY: train test lint format benchmark clean
 
@@ -21,7 +23,7 @@ train: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
