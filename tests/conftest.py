@@ -38,6 +38,18 @@ def run_cli(
     )
 
 
+def run_entry(entry, *args: str) -> int:
+    """train.py's (or eval.py's) entry in this process, as `python train.py ARGS`: the exit code."""
+    argv = sys.argv
+    sys.argv = ["train.py", *args]
+    try:
+        with pytest.raises(SystemExit) as stop:
+            entry()
+    finally:
+        sys.argv = argv
+    return stop.value.code
+
+
 def without_test_hooks(run_dir: Path) -> None:
     """The tests' own callbacks and loggers out of a run's saved config before resume=: they fire
     once, and a saved config may name only classes aelab trusts (aelab.config.trusted)."""

@@ -13,7 +13,7 @@ from aelab import CONFIG_DIR
 from aelab.config import SCHEMAS, config_problems
 from aelab.config.schema import Activation, Loss, Pooling, UpsampleMode
 from aelab.runtime import cli, created
-from tests.conftest import CLEAN_ENVIRONMENT, REPO, compose_config
+from tests.conftest import CLEAN_ENVIRONMENT, REPO, compose_config, run_entry
 
 BAD_VALUES = [
     ("seed=-1", "seed"),
@@ -43,16 +43,9 @@ BAD_VALUES = [
 ]
 
 
-def run_entry(entry, *args: str, capsys) -> tuple[int, str]:
+def run_entry_stderr(entry, *args: str, capsys) -> tuple[int, str]:
     """train.py's (or eval.py's) entry in this process: (exit code, stderr)."""
-    argv = sys.argv
-    sys.argv = ["train.py", *args]
-    try:
-        with pytest.raises(SystemExit) as stop:
-            entry()
-    finally:
-        sys.argv = argv
-    return stop.value.code, capsys.readouterr().err
+    return run_entry(entry, *args), capsys.readouterr().err
 
 
 def aelab_paragraph(stderr: str) -> str:
@@ -66,7 +59,7 @@ def aelab_paragraph(stderr: str) -> str:
 @pytest.mark.parametrize(("override", "key"), BAD_VALUES)
 def test_a_bad_value_exits_2_with_one_paragraph_and_no_run_dir(override, key, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code, stderr = run_entry(cli.main, override, f"hydra.run.dir={run_dir}", capsys=capsys)
+    code, stderr = run_entry_stderr(cli.main, override, f"hydra.run.dir={run_dir}", capsys=capsys)
     assert code == 2
     text = aelab_paragraph(stderr)
     value = override.split("=", 1)[1]  # shown as typed
@@ -75,14 +68,14 @@ def test_a_bad_value_exits_2_with_one_paragraph_and_no_run_dir(override, key, tm
 
 
 def test_max_epochs_minus_one_points_to_max_steps(tmp_path, capsys):
-    code, stderr = run_entry(
+    code, stderr = run_entry_stderr(
         cli.main, "trainer.max_epochs=-1", f"hydra.run.dir={tmp_path / 'run'}", capsys=capsys
     )
     assert code == 2 and "trainer.max_steps=N" in stderr and "until the process is killed" in stderr
 
 
 def test_every_bad_value_of_a_command_line_is_named_in_one_paragraph(tmp_path, capsys):
-    code, stderr = run_entry(
+    code, stderr = run_entry_stderr(
         cli.main, "seed=abc", "data.batch_size=0", "model.widths=[]",
         f"hydra.run.dir={tmp_path / 'run'}", capsys=capsys,
     )  # fmt: skip
@@ -109,7 +102,7 @@ def test_fractions_that_leave_no_training_images_are_refused_early(tmp_path):
 )
 def test_hydras_own_errors_exit_2_with_hydras_message(override, shown, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code, stderr = run_entry(cli.main, override, f"hydra.run.dir={run_dir}", capsys=capsys)
+    code, stderr = run_entry_stderr(cli.main, override, f"hydra.run.dir={run_dir}", capsys=capsys)
     assert code == 2 and shown in stderr
     assert not run_dir.exists()
 
@@ -130,18 +123,22 @@ def test_hydras_own_errors_exit_2_with_hydras_message(override, shown, tmp_path,
     ],
 )
 def test_a_typo_gets_a_did_you_mean(arguments, suggestion, tmp_path, capsys):
-    code, stderr = run_entry(cli.main, *arguments, f"hydra.run.dir={tmp_path}/run", capsys=capsys)
+    code, stderr = run_entry_stderr(
+        cli.main, *arguments, f"hydra.run.dir={tmp_path}/run", capsys=capsys
+    )
     assert code == 2 and suggestion in stderr
 
 
 @pytest.mark.parametrize("arguments", [["trainer.xyzzy=3"], ["loss=zzz"], ["pooling.mode=max"]])
 def test_nothing_close_gets_no_suggestion(arguments, tmp_path, capsys):
-    code, stderr = run_entry(cli.main, *arguments, f"hydra.run.dir={tmp_path}/run", capsys=capsys)
+    code, stderr = run_entry_stderr(
+        cli.main, *arguments, f"hydra.run.dir={tmp_path}/run", capsys=capsys
+    )
     assert code == 2 and "did you mean" not in stderr
 
 
 def test_eval_typos_are_corrected_from_evals_config(tmp_path, capsys):
-    code, stderr = run_entry(cli.eval_main, "ckpt_path=x", "splt=val", capsys=capsys)
+    code, stderr = run_entry_stderr(cli.eval_main, "ckpt_path=x", "splt=val", capsys=capsys)
     assert code == 2 and "did you mean split=val?" in stderr
 
 
@@ -166,7 +163,7 @@ def test_a_failure_inside_the_run_keeps_exit_1():
 
 def test_eval_refuses_a_bad_value_before_its_dir_exists(tmp_path, capsys):
     eval_dir = tmp_path / "eval"
-    code, stderr = run_entry(
+    code, stderr = run_entry_stderr(
         cli.eval_main, "ckpt_path=x.ckpt", "split=train", "threads=0",
         f"hydra.run.dir={eval_dir}", capsys=capsys,
     )  # fmt: skip

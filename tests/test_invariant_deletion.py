@@ -10,7 +10,7 @@ import pytest
 
 from aelab.runtime import cli, created, run_lock
 from aelab.runtime.run_lock import release_all
-from tests.conftest import CLEAN_ENVIRONMENT, REPO, run_cli
+from tests.conftest import CLEAN_ENVIRONMENT, REPO, run_cli, run_entry
 from tests.test_run_lock import STAND_IN, hold
 
 
@@ -31,18 +31,6 @@ def users_dir(path: Path, *extra: str) -> Path:
         (path / name).parent.mkdir(exist_ok=True)
         (path / name).write_text("the user's own\n")
     return path
-
-
-def run_entry(entry, *args: str) -> int:
-    """train.py's (or eval.py's) entry in this process, as `python train.py ARGS`: the exit code."""
-    argv = sys.argv
-    sys.argv = ["train.py", *args]
-    try:
-        with pytest.raises(SystemExit) as stop:
-            entry()
-    finally:
-        sys.argv = argv
-    return stop.value.code
 
 
 def data(folder: Path, cache: Path) -> list[str]:
