@@ -107,6 +107,15 @@ def test_train_with_missing_data_into_a_users_logs_dir_keeps_it(tmp_path):
     assert tree(logs) == before
 
 
+def test_a_refused_start_takes_away_the_empty_parents_it_made_and_only_those(tmp_path):
+    folder = users_dir(tmp_path / "images")
+    before = tree(tmp_path)
+    result = run_cli("debug=smoke", "data=folder", "data.root=missing",
+                     "hydra.run.dir=images/new_class/deeper/run", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert tree(tmp_path) == before and folder.is_dir()
+
+
 def test_eval_of_a_mistyped_checkpoint_into_a_users_logs_dir_keeps_it(tmp_path):
     logs = users_dir(tmp_path / "logs")
     before = tree(logs)

@@ -28,17 +28,20 @@ def absolute(path: Path | str) -> Path:
 
 
 def make_dir(path: Path) -> None:
-    """mkdir -p path; path itself is recorded if this call made it (its parents are shared
-    places, such as outputs/runs/, and are never removed)."""
+    """mkdir -p path, recording each dir this call made, path and its new parents alike: a
+    refused start takes away the empty parents it made (discard), never one that was there."""
     path = absolute(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.mkdir()
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-    else:
-        _records[path] = "dir"
+    missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:  # another process made it meanwhile: theirs, not ours
+            if not directory.is_dir():
+                raise
+        else:
+            _records[directory] = "dir"
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory")
 
 
 def record(path: Path, kind: str = "file") -> None:
@@ -86,9 +89,11 @@ def discard(*roots: Path | None) -> None:
         if is_kept(root):
             continue
         inside = sorted((p for p in _records if root in p.parents), key=lambda p: -len(p.parts))
-        for path in [*inside, root]:  # deepest first, so that a dir is empty when its turn comes
+        made_above = [p for p in root.parents if _records.get(p) == "dir"]  # deepest first
+        for path in [*inside, root, *made_above]:  # a dir is empty when its turn comes
             remove(path, kind_of(path))
-            _records.pop(path, None)
+            if not os.path.lexists(path):  # a dir still holding others' entries stays recorded
+                _records.pop(path, None)
 
 
 def remove(path: Path, kind: str | None) -> None:
