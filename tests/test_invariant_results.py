@@ -19,7 +19,7 @@ from aelab.data.batch_limits import check_every_loop_gets_a_batch
 from aelab.errors import AelabError
 from aelab.runtime import cli
 from tests.conftest import compose_config, run_cli
-from tests.test_config_validation import aelab_paragraph, run_entry
+from tests.test_config_validation import aelab_paragraph, run_entry_stderr
 
 # Every way a command line can ask for a run that trains no step, or tests nothing: the setting
 # the refusal must name, and the override.
@@ -39,7 +39,7 @@ NO_RESULT = [
 @pytest.mark.parametrize(("key", "override"), NO_RESULT)
 def test_a_run_without_a_result_is_refused_before_its_dir_exists(key, override, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code, stderr = run_entry(cli.main, override, f"hydra.run.dir={run_dir}", capsys=capsys)
+    code, stderr = run_entry_stderr(cli.main, override, f"hydra.run.dir={run_dir}", capsys=capsys)
     assert code == 2
     assert f"Invalid setting {key}=" in aelab_paragraph(stderr)
     assert not run_dir.exists()
@@ -47,7 +47,7 @@ def test_a_run_without_a_result_is_refused_before_its_dir_exists(key, override, 
 
 def test_a_sweep_of_runs_without_results_leaves_no_dir(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    code, stderr = run_entry(
+    code, stderr = run_entry_stderr(
         cli.main, "-m", "+trainer.limit_train_batches=0,0.0", f"hydra.sweep.dir={sweep}",
         capsys=capsys,
     )  # fmt: skip
@@ -58,7 +58,7 @@ def test_a_sweep_of_runs_without_results_leaves_no_dir(tmp_path, capsys):
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_eval_refuses_to_evaluate_no_batch(split, tmp_path, capsys):
     eval_dir = tmp_path / "eval"
-    code, stderr = run_entry(
+    code, stderr = run_entry_stderr(
         cli.eval_main, "ckpt_path=x.ckpt", f"split={split}", f"+trainer.limit_{split}_batches=0",
         f"hydra.run.dir={eval_dir}", capsys=capsys,
     )  # fmt: skip
