@@ -32,6 +32,7 @@ from rich.progress import track
 
 from aelab.analysis.png_stream import PngStream
 from aelab.analysis.tiles import Box, Tile, Tiling, tiling_for
+from aelab.choices import DEFAULT_TEMPERATURE
 from aelab.data.color import lab_to_rgb_keeping_lightness, rgb_to_lab_normalized
 from aelab.data.image_io import open_image, to_rgb_float
 from aelab.errors import AelabError
@@ -39,7 +40,6 @@ from aelab.models import ConvAutoEncoder
 from aelab.models.checkpoint import load_network, read_checkpoint
 from aelab.tasks.ab_bins import (
     DEFAULT_STRIDE,
-    DEFAULT_TEMPERATURE,
     bin_count,
     classifier_logits,
     decode_bins,

@@ -14,55 +14,43 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import timedelta
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, ValidationError
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+from aelab.choices import (
+    ACTIVATIONS,
+    CLASSIFICATION_LOSSES,
+    DEFAULT_TEMPERATURE,
+    EVAL_SPLITS,
+    POOLINGS,
+    REGRESSION_LOSSES,
+    SOURCES,
+    SPLITS,
+    UPSAMPLE_MODES,
+)
+from aelab.config.arguments import TRAINER
+from aelab.config.signatures import arguments_of
 from aelab.config.suggest import closest
 from aelab.errors import AelabError
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything hands the seed to
 
 
-class Source(Enum):
-    cifar10 = "cifar10"
-    folder = "folder"
+def choices(name: str, words: tuple[str, ...]) -> type[Enum]:
+    """An Enum of a setting's words, from the table the code builds with (aelab.choices)."""
+    return Enum(name, {word: word for word in words})
 
 
-class Split(Enum):
-    pooled = "pooled"
-    official = "official"
-
-
-class Pooling(Enum):  # aelab.models.autoencoder.POOLINGS
-    max = "max"
-    avg = "avg"
-    none = "none"
-
-
-class UpsampleMode(Enum):  # aelab.models.autoencoder.UPSAMPLE_MODES
-    nearest = "nearest"
-    bilinear = "bilinear"
-    bicubic = "bicubic"
-
-
-class Activation(Enum):  # aelab.models.autoencoder.ACTIVATIONS
-    relu = "relu"
-    gelu = "gelu"
-    silu = "silu"
-    leaky_relu = "leaky_relu"
-
-
-class Loss(Enum):  # aelab.tasks.losses.LOSSES and CLASSIFICATION_LOSSES
-    bce = "bce"
-    mse = "mse"
-    ce = "ce"
-
-
-class EvalSplit(Enum):  # aelab.runtime.evaluate.TRAINER_METHODS
-    test = "test"
-    val = "val"
+Source = choices("Source", SOURCES)
+Split = choices("Split", SPLITS)
+Pooling = choices("Pooling", POOLINGS)
+UpsampleMode = choices("UpsampleMode", UPSAMPLE_MODES)
+Activation = choices("Activation", ACTIVATIONS)
+Loss = choices("Loss", REGRESSION_LOSSES + CLASSIFICATION_LOSSES)
+EvalSplit = choices("EvalSplit", EVAL_SPLITS)
 
 
 def rule(allowed: str, ok: Callable[[Any], bool], note: str = "") -> dict[str, Any]:
@@ -140,7 +128,7 @@ class TaskSchema:
             lambda v: v in (1, 2, 4),
         ),
     )
-    temperature: float = field(default=0.38, metadata=TEMPERATURE)
+    temperature: float = field(default=DEFAULT_TEMPERATURE, metadata=TEMPERATURE)
 
 
 @dataclass
@@ -300,6 +288,34 @@ def config_problems(cfg: DictConfig, nodes: dict[str, type]) -> list[str]:
             if problem:
                 problems.append(problem)
     problems += _cross_problems(cfg, nodes)
+    return problems + unknown_argument_problems(cfg)
+
+
+def unknown_argument_problems(cfg: DictConfig, path: str = "") -> list[str]:
+    """One sentence per key of a `_target_` node that its class's constructor does not take
+    (`+trainer.max_epoch=1`): refused here, in a second, instead of by the constructor. eval.py's
+    trainer node, laid over the run's Trainer config, is checked against the Trainer's."""
+    problems = []
+    for key in cfg:
+        if not path and key == "hydra":
+            continue  # Hydra's own settings: not arguments of anything aelab builds
+        try:
+            child = cfg[key]
+        except OmegaConfBaseException:  # an interpolation only the run can resolve
+            continue
+        if isinstance(child, DictConfig):
+            problems += unknown_argument_problems(child, f"{path}{key}.")
+    target = cfg.get("_target_") if "_target_" in cfg else TRAINER if path == "trainer." else None
+    arguments = arguments_of(target) if isinstance(target, str) else None
+    if arguments is None or arguments.open:
+        return problems
+    for key in cfg:
+        if isinstance(key, str) and not key.startswith("_") and key not in arguments.names:
+            close = closest(key, list(arguments.names))
+            hint = f"did you mean {path}{close}?" if close else "remove it"
+            problems.append(
+                f"{path}{key}: {target} takes no argument {key!r} ({hint}; ~{path}{key} drops it)"
+            )
     return problems
 
 
@@ -330,10 +346,10 @@ def _value_problem(node: DictConfig, checked: DictConfig, spec, key: str) -> str
 def _cross_problems(cfg: DictConfig, nodes: dict[str, type]) -> list[str]:
     """Rules between two keys: loss=ce is colorization's; the pooled split's fractions leave
     images to train on."""
-    problems = _loss_problems(cfg) if "task" in nodes else []
+    problems = _loss_problems(cfg) + _missing_problems(cfg) if "task" in nodes else []
     if "data" not in nodes:
         return problems
-    return problems + _split_problems(cfg)
+    return problems + _split_problems(cfg) + (_root_problems(cfg) if "task" in nodes else [])
 
 
 def _loss_problems(cfg: DictConfig) -> list[str]:
@@ -348,6 +364,52 @@ def _loss_problems(cfg: DictConfig) -> list[str]:
         return [
             "loss=ce: classification over quantized ab is for task=colorization only; with "
             "task=reconstruction use loss=bce or loss=mse"
+        ]
+    return []
+
+
+def _missing_problems(cfg: DictConfig) -> list[str]:
+    """Settings left at ??? (Hydra's own and paths.output_dir are Hydra's to fill)."""
+    missing = [k for k in _missing_keys(cfg) if not k.startswith(("hydra.", "paths."))]
+    return [f"{key} has no value: give it on the command line, {key}=VALUE" for key in missing]
+
+
+def _missing_keys(node: DictConfig, path: str = "") -> list[str]:
+    """The ??? keys under node, found without resolving interpolations (some only a job can)."""
+    found = []
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            found.append(f"{path}{key}")
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
+            found += _missing_keys(node[key], f"{path}{key}.")
+    return found
+
+
+def folder_root_needed(source: str) -> str:
+    """Why a folder source without a root cannot start (the config and the data module say it)."""
+    return (
+        f"data={source} needs data.root=PATH: the directory that holds the images "
+        "(PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg). To set it once for this "
+        "machine, copy configs/local/default.yaml.example to configs/local/default.yaml"
+    )
+
+
+def _root_problems(cfg: DictConfig) -> list[str]:
+    """An image folder that is not given or not there, refused before torch loads."""
+    data = OmegaConf.select(cfg, "data", throw_on_resolution_failure=False)
+    try:
+        source, root = data.get("source"), data.get("root")
+    except (InterpolationResolutionError, AttributeError):
+        return []
+    if source != "folder" or OmegaConf.is_missing(data, "root"):
+        return []
+    if not root:
+        return [folder_root_needed(source)]
+    if isinstance(root, str) and not Path(root).expanduser().is_dir():
+        return [
+            f"data.root={_shown(root)}: the image folder {Path(root).expanduser().absolute()} "
+            "does not exist (a directory laid out as ROOT/train/<class>/*.jpg and "
+            "ROOT/test/<class>/*.jpg, e.g. data.root=../shared/data/cifar10-jpg)"
         ]
     return []
 
@@ -447,6 +509,14 @@ def _reads_as_non_text(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_arguments(node: str, **values: Any) -> None:
+    """The schema's rules for a constructor called from Python, not from a config: each rule is
+    written once, here, whichever way the class is reached."""
+    problems = config_problems(OmegaConf.create({node: values}), {node: TRAIN_NODES[node]})
+    if problems:
+        raise AelabError(f"Invalid argument {problems[0]}.")
 
 
 def check_config(cfg: DictConfig, kind: str = "train") -> None:

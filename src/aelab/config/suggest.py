@@ -10,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from aelab import CONFIG_DIR
+from aelab.config.arguments import TRAINER
+from aelab.config.signatures import arguments_of
 
 MISSING_OPTION = re.compile(r"Could not find '(?P<group>[\w/.-]+)/(?P<name>[^'/]+)'")
 MISSING_KEY = re.compile(r"full_key: (?P<key>\S+)")
@@ -55,4 +57,7 @@ def sibling_keys(parent: str, config_name: str, arguments: list[str], bad_key: s
     except Exception:  # the other overrides have mistakes too: no suggestion, Hydra's error stands
         return groups
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return groups + ([str(k) for k in node] if isinstance(node, DictConfig) else [])
+    if not isinstance(node, DictConfig):
+        return groups
+    arguments = arguments_of(node.get("_target_") or (TRAINER if parent == "trainer" else ""))
+    return groups + [str(k) for k in node] + list(arguments.names if arguments else ())

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from aelab.config.schema import check_arguments, folder_root_needed
 from aelab.data.batches import SlicedBatches, batch_loader
 from aelab.data.color import rgb_to_lab_normalized
 from aelab.data.sources import (
@@ -26,7 +27,7 @@ from aelab.errors import AelabError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("cifar10", "folder")
+
 COLOR_SPACES = ("rgb", "lab")
 
 
@@ -50,25 +51,14 @@ class ImageDataModule(L.LightningDataModule):
         on_device: bool = True,
     ) -> None:
         super().__init__()
-        if source not in SOURCES:
-            raise AelabError(f"data.source must be one of {list(SOURCES)}, got {source!r}.")
+        check_arguments("data", source=source, image_size=image_size, split=split)
+        check_arguments("data", batch_size=batch_size, eval_batch_size=eval_batch_size)
         if color_space not in COLOR_SPACES:
             raise AelabError(
                 f"data.color_space must be one of {list(COLOR_SPACES)}, got {color_space!r}."
             )
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise AelabError(
-                f"data.batch_size and data.eval_batch_size must be positive, got {batch_size} and "
-                f"{eval_batch_size}; the default is 128 (e.g. data.batch_size=256)."
-            )
-        if image_size <= 0:
-            raise AelabError(f"data.image_size must be positive, got {image_size}.")
         if not root:
-            raise AelabError(
-                f"data={source} needs data.root=PATH: the directory that holds the images "
-                "(PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg). To set it once for this "
-                "machine, copy configs/local/default.yaml.example to configs/local/default.yaml."
-            )
+            raise AelabError(folder_root_needed(source) + ".")
         check_split_settings(split, val_fraction, test_fraction, subset)
         self.source, self.root, self.download = source, root, download
         self.image_size, self.cache_dir = image_size, cache_dir

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from aelab.choices import ACTIVATIONS, POOLINGS
+from aelab.config.schema import check_arguments
 from aelab.errors import AelabError
 
-POOLINGS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
-UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
+POOL_LAYERS = dict(zip(POOLINGS, (nn.MaxPool2d, nn.AvgPool2d, None), strict=True))
+ACTIVATION_LAYERS = dict(zip(ACTIVATIONS, (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU), strict=True))
 
 
 class ConvAutoEncoder(nn.Module):
@@ -37,12 +38,13 @@ class ConvAutoEncoder(nn.Module):
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
-        check_architecture(widths, kernel_size, pooling, upsample_mode, activation)
+        check_arguments("model", widths=widths, kernel_size=kernel_size, pooling=pooling)
+        check_arguments("model", upsample_mode=upsample_mode, activation=activation)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.widths, self.kernel_size, self.pooling = widths, kernel_size, pooling
         self.upsample_mode, self.activation = upsample_mode, activation
-        act = ACTIVATIONS[activation]
-        pool = POOLINGS[pooling]
+        act = ACTIVATION_LAYERS[activation]
+        pool = POOL_LAYERS[pooling]
 
         encoder: list[nn.Module] = []
         previous = in_channels
@@ -118,29 +120,6 @@ class ConvAutoEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
-
-
-def check_architecture(
-    widths: Sequence[int], kernel_size: int, pooling: str, upsample_mode: str, activation: str
-) -> None:
-    """Refuse settings that cannot build a shape-preserving autoencoder, saying what to change."""
-    if not widths or any(w <= 0 for w in widths):
-        raise AelabError(
-            f"model.widths must be a non-empty list of positive channel counts, got {list(widths)}; "
-            "for example model.widths=[8,12,16]."
-        )
-    if kernel_size <= 0 or kernel_size % 2 == 0:
-        raise AelabError(
-            f"model.kernel_size must be a positive odd number ('same' padding keeps the size only "
-            f"for odd kernels), got {kernel_size}; try model.kernel_size=3 or 5."
-        )
-    for name, value, options in (
-        ("pooling", pooling, POOLINGS),
-        ("upsample_mode", upsample_mode, UPSAMPLE_MODES),
-        ("activation", activation, ACTIVATIONS),
-    ):
-        if value not in options:
-            raise AelabError(f"model.{name} must be one of {sorted(options)}, got {value!r}.")
 
 
 def bottleneck(

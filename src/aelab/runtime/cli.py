@@ -8,11 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
 from omegaconf import DictConfig
 
 from aelab import CONFIG_DIR
 from aelab.config import refuse_invalid
+from aelab.config.arguments import trainer_arguments_as_written
 from aelab.config.suggest import did_you_mean
 from aelab.errors import AelabError
 from aelab.runtime.distributed import child_arguments, launch_rank
@@ -26,7 +28,8 @@ COMMAND_LINE_ERRORS = (ConfigCompositionException, OverrideParseException, Searc
 
 def main() -> float | None:
     try:
-        sys.argv[1:] = child_arguments(resume_arguments(sys.argv[1:]))
+        arguments = trainer_arguments_as_written(sys.argv[1:])
+        sys.argv[1:] = child_arguments(resume_arguments(arguments))
     except AelabError as error:
         print(f"\naelab: {error}\n", file=sys.stderr)
         sys.exit(2)
@@ -81,7 +84,9 @@ def error_text(error: BaseException) -> str:
 
 
 def refuse_invalid_settings(cfg: DictConfig, kind: str) -> None:
-    """The settings checked again in the run, before torch loads: a resumed run and a DDP rank
-    load a saved config, which brings no aelab.config.ValidateConfig callback."""
+    """The settings checked in the run, before torch loads, where Hydra's callbacks did not: a
+    resumed run and a DDP rank load a saved config, which brings no ValidateConfig callback."""
+    if HydraConfig.initialized() and "validate_config" in HydraConfig.get().callbacks:
+        return  # checked before the run dir existed
     own_dir = Path(cfg.paths.output_dir) if launch_rank() == 0 else None  # ranks share rank 0's
     refuse_invalid(cfg, kind, own_dir)

@@ -17,6 +17,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from aelab.choices import EVAL_SPLITS
 from aelab.data import identity
 from aelab.data.batch_limits import check_every_loop_gets_a_batch
 from aelab.errors import AelabError
@@ -27,7 +28,8 @@ from aelab.runtime.train import build
 
 log = logging.getLogger("aelab")
 
-TRAINER_METHODS = {"test": "test", "val": "validate"}  # split= → the Trainer method that scores it
+# split= → the Trainer method that scores it
+TRAINER_METHODS = dict(zip(EVAL_SPLITS, ("test", "validate"), strict=True))
 
 
 def run(cfg: DictConfig) -> None:
@@ -37,12 +39,7 @@ def run(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
     """Score the checkpoint on the split and write eval.json into output_dir; returns its contents."""
-    split = cfg.split
-    if split not in TRAINER_METHODS:
-        raise AelabError(
-            f"split={split} is not a split eval.py scores: give split=test (the default) or "
-            "split=val (the run's validation split)."
-        )
+    split = cfg.split  # one of EVAL_SPLITS (aelab.config.schema)
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise AelabError(
             "eval.py needs the checkpoint to test: python eval.py "

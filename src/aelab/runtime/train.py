@@ -7,7 +7,6 @@ aelab.runtime.cli imports this module only once the command line has been parsed
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from aelab.callbacks import (
     CheckpointPathsInRunDir,
@@ -96,16 +95,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its network) and the data, from the config; no file is written."""
-    missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("paths."))
-    if missing:
-        raise AelabError(
-            f"These settings have no value: {', '.join(missing)}. Give them on the command line, "
-            f"e.g. python train.py {missing[0]}=VALUE (data=folder needs data.root=PATH)."
-        )
-    lr = cfg.optimizer.get("lr")
-    if lr is not None and not lr > 0:
-        raise AelabError(f"optimizer.lr must be positive, got {lr}; e.g. optimizer.lr=1e-3.")
-    check_optimizer_arguments(cfg.optimizer)
+    refuse_fused_with_foreach(cfg.optimizer)  # the settings are checked (aelab.config)
     task_class = get_class(cfg.task._target_)
     out_channels = task_class.output_channels(cfg.task.get("loss", "bce"))  # loss=ce: one per bin
     model = _instantiate(cfg.model, in_channels=task_class.in_channels, out_channels=out_channels)
@@ -124,26 +114,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     return task, datamodule
 
 
-def check_optimizer_arguments(node: DictConfig) -> None:
-    """The optimizer is built only when fit starts (a partial), so its arguments are checked here.
-    `foreach` (a speed setting of optimizer=adam) is dropped for an optimizer that lacks it."""
-    try:
-        optimizer_class = get_class(node._target_)
-    except Exception:  # an unknown class: _instantiate reports it with Hydra's own message
-        return
-    accepted = inspect.signature(optimizer_class).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        return
-    if "foreach" in node and "foreach" not in accepted:
-        with open_dict(node):
-            del node["foreach"]
-    unknown = [key for key in node if not key.startswith("_") and key not in accepted]
-    if unknown:
-        raise AelabError(
-            f"{optimizer_class.__name__} takes no {', '.join(unknown)} argument, but the config "
-            f"gives optimizer.{unknown[0]}; drop it with ~optimizer.{unknown[0]} on the command "
-            f"line, or pick an optimizer preset (optimizer=adam, adamw, sgd, lbfgs)."
-        )
+def refuse_fused_with_foreach(node: DictConfig) -> None:
+    """torch refuses the pair only once fit starts, when the partial optimizer is built."""
     if node.get("fused") and node.get("foreach"):
         raise AelabError(
             "optimizer.fused=true and optimizer.foreach=true cannot both be set; add "

@@ -37,7 +37,6 @@ TABLE_SIZE = 2 * TABLE_LIMIT + 1
 PRIOR_FORMAT = (
     2  # 2: checksummed (aelab.data.cache_file); bump when the cached prior's meaning changes
 )
-DEFAULT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean
 DEFAULT_STRIDE = 4  # logits at a quarter of the image size, as Zhang et al. predict
 
 

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from aelab.choices import CLASSIFICATION_LOSSES
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 from aelab.models.checkpoint import read_checkpoint
-from aelab.tasks.losses import CLASSIFICATION_LOSSES, LOSSES
+from aelab.tasks.losses import LOSSES
 from aelab.tasks.metrics import ScoreMeans
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]

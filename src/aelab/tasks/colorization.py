@@ -11,13 +11,13 @@ import logging
 
 import torch
 
+from aelab.choices import DEFAULT_TEMPERATURE
 from aelab.data.color import lab_normalized_to_rgb, unnormalize_lab
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 from aelab.tasks import ab_bins, metrics
 from aelab.tasks.ab_bins import (
     DEFAULT_STRIDE,
-    DEFAULT_TEMPERATURE,
     classifier_logits,
     decode_bins,
 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aelab.choices import REGRESSION_LOSSES
+
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy, computed from logits for numerical stability."""
@@ -29,6 +31,4 @@ def soft_cross_entropy(
     return (per_pixel * pixel_weight).mean()
 
 
-LOSSES = {"bce": bce_loss, "mse": mse_loss}
-# Classification over quantized ab (aelab.tasks.ab_bins): its tables live on the colorization task.
-CLASSIFICATION_LOSSES = ("ce",)
+LOSSES = dict(zip(REGRESSION_LOSSES, (bce_loss, mse_loss), strict=True))

@@ -1,0 +1,12 @@
+"""The words each choice-valued setting takes, and the defaults code and config share, in one
+torch-free place: the config schema checks them before torch loads, the code builds from them."""
+
+POOLINGS = ("max", "avg", "none")
+UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
+ACTIVATIONS = ("relu", "gelu", "silu", "leaky_relu")
+REGRESSION_LOSSES = ("bce", "mse")  # per-value losses on targets in [0, 1]
+CLASSIFICATION_LOSSES = ("ce",)  # over quantized ab (aelab.tasks.ab_bins): colorization only
+SOURCES = ("cifar10", "folder")
+SPLITS = ("pooled", "official")
+EVAL_SPLITS = ("test", "val")  # eval.py's split=: what it scores
+DEFAULT_TEMPERATURE = 0.38  # loss=ce's annealed mean (Zhang et al.)
