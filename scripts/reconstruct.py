@@ -2,7 +2,7 @@
 
 import sys
 
-from aelab.analysis.predict import main
+from aelab.analysis.predict_cli import main
 
 if __name__ == "__main__":
     sys.exit(main("reconstruction"))

@@ -108,7 +108,6 @@ def eval_config(overrides: list[str], output_dir: Path):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["ckpt_path=CKPT", "split=train"], "split=train"),
         (["ckpt_path=TMP/missing.ckpt"], "does not exist"),
         (["ckpt_path=TMP/junk.ckpt"], "could not be loaded as a checkpoint"),
         (["ckpt_path=TMP/loose/best.ckpt"], "is not inside a run dir"),

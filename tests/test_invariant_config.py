@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from aelab import CONFIG_DIR
-from aelab.analysis import predict
+from aelab.analysis import predict_cli
 from aelab.analysis.report import main as report_main
 from aelab.analysis.runs import read_run
 from aelab.config.trusted import refuse_untrusted, untrusted_because
@@ -280,7 +280,7 @@ def test_a_foreign_checkpoint_builds_nothing_at_any_entry_point(name, genuine, t
             task_class.load_from_checkpoint(path)
     for task in ("reconstruction", "colorization"):  # scripts/reconstruct.py, colorize.py
         argv = ["--ckpt", str(path), str(image), "--out-dir", str(tmp_path / "out")]
-        assert predict.main(task, argv) == 2
+        assert predict_cli.main(task, argv) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:  # eval.py
         run_eval(eval_config(path, tmp_path / "eval"))

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from aelab.analysis import png_stream, predict, report
+from aelab.analysis import png_stream, predict_cli, report
 from aelab.analysis.runs import find_runs
 from aelab.data import identity
 from aelab.errors import AelabError
@@ -75,14 +75,14 @@ def test_a_failed_write_keeps_the_earlier_output_and_leaves_no_temporary(
     earlier = out / "photo.png"
     earlier.write_bytes(b"the user's own file")
     args = [str(photo), "--ckpt", str(checkpoint), "--out-dir", str(out)]
-    assert predict.main("reconstruction", args) == 2  # refused without --overwrite
+    assert predict_cli.main("reconstruction", args) == 2  # refused without --overwrite
     assert "--overwrite" in capsys.readouterr().err
 
     def disk_full(self, rows):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(png_stream.PngStream, "write", disk_full)
-    assert predict.main("reconstruction", [*args, "--overwrite"]) == 2
+    assert predict_cli.main("reconstruction", [*args, "--overwrite"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert earlier.read_bytes() == b"the user's own file"
     assert sorted(path.name for path in out.iterdir()) == ["photo.png"]

@@ -16,18 +16,17 @@ import pytest
 import torch
 from PIL import ExifTags, Image, ImageOps
 
-from aelab.analysis import predict
+from aelab.analysis import photos
 from aelab.analysis.png_stream import PngStream
 from aelab.analysis.predict import (
     Colorizer,
-    Photo,
     colorize,
     conversion_for,
     converted_tiles,
-    main,
     read_rgb,
     reconstruct,
 )
+from aelab.analysis.predict_cli import main
 from aelab.models import ConvAutoEncoder
 from aelab.tasks.ab_bins import bin_count
 from tests.conftest import CLEAN_ENVIRONMENT, REPO
@@ -64,7 +63,7 @@ def tiled_and_whole(network, path, tiling_change, finish=None):
     whole = conversion.finish(conversion.predict(rgb))
     tiled, tiles = torch.full_like(whole, -1.0), 0
     with Image.open(path) as image:
-        for tile, part in converted_tiles(conversion, Photo(image, None)):
+        for tile, part in converted_tiles(conversion, photos.Photo(image, None)):
             tiled[..., tile.core.top : tile.core.bottom, tile.core.left : tile.core.right] = part
             tiles += 1
     return tiled, whole, tiles
@@ -111,7 +110,7 @@ def exif_rotated(path, orientation: int) -> Image.Image:
     )
     method = ImageOps.exif_transpose  # the stored image is the upright one turned back
     inverse = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}.get(orientation)
-    stored = upright if inverse is None else upright.transpose(predict.UPRIGHT[inverse])
+    stored = upright if inverse is None else upright.transpose(photos.UPRIGHT[inverse])
     exif = Image.Exif()
     exif[ExifTags.Base.Orientation] = orientation
     stored.save(path, exif=exif)
@@ -126,11 +125,11 @@ def test_exif_orientation_is_honoured_in_every_window(orientation, tmp_path):
     path = tmp_path / "photo.png"
     upright = np.asarray(exif_rotated(path, orientation), dtype=np.float32) / 255
     assert np.allclose(read_rgb(path)[0].permute(1, 2, 0).numpy(), upright)
-    with predict.open_photo(path) as photo:
-        photo = predict.turned_upright(photo)
+    with photos.open_photo(path) as photo:
+        photo = photos.turned_upright(photo)
         assert photo.size == (40, 20)
-        window = predict.Box(3, 5, 31, 17)
-        got = photo.read(window)[0].permute(1, 2, 0).numpy()
+        window = photos.Box(3, 5, 31, 17)
+        got = photo.read(window)
         assert np.allclose(got, upright[3:31, 5:17])
 
 
@@ -148,7 +147,8 @@ def test_a_rotated_photo_comes_out_as_displayed(trained, tmp_path):
 
 PEAK_RSS = """
 import resource, sys
-from aelab.analysis.predict import main
+import aelab.analysis.predict  # torch and the rest the script loads: the imports' share
+from aelab.analysis.predict_cli import main
 imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 code = main(sys.argv[1], sys.argv[2:])
 print(imported, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)
@@ -170,7 +170,7 @@ def test_a_large_photo_is_colorized_under_1_gb(trained, tmp_path):
     imported, peak = map(int, done.stderr.strip().splitlines()[-1].split())
     # The imports' share (torch's libraries: 0.7-0.9 GB of a CUDA build, with the page cache's
     # mood) is not the photo's: what the photo adds stays within what the bound leaves it.
-    assert peak - imported < predict.PHOTO_BYTES, f"{imported / 2**20:.0f} → {peak / 2**20:.0f} MB"
+    assert peak - imported < photos.PHOTO_BYTES, f"{imported / 2**20:.0f} → {peak / 2**20:.0f} MB"
     with Image.open(out / "large.png") as written:
         assert written.size == (3000, 2000)
         band = np.asarray(written.crop((0, 990, 3000, 1010)), dtype=np.int16)
@@ -218,11 +218,11 @@ def test_the_guard_weighs_what_decoding_takes(tmp_path):
     grey, colour = tmp_path / "grey.png", tmp_path / "colour.png"
     huge_png_header(grey, 10000, 10000, colour_type=0)  # 100 MP of grey: 100 MB, accepted
     huge_png_header(colour, 10000, 10000)  # 100 MP of colour: 400 MB, refused
-    with predict.open_photo(grey) as photo:
+    with photos.open_photo(grey) as photo:
         assert photo.image.size == (10000, 10000)
     with (
-        pytest.raises(predict.AelabError, match="it needs about 429 MB"),
-        predict.open_photo(colour),
+        pytest.raises(photos.AelabError, match="it needs about 429 MB"),
+        photos.open_photo(colour),
     ):
         pass
     assert before == Image.MAX_IMAGE_PIXELS

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from aelab.analysis.predict import load_network, main
+from aelab.analysis.predict import load_network
+from aelab.analysis.predict_cli import main
 from aelab.data.color import rgb_to_lab_normalized
 from aelab.errors import AelabError
 from aelab.runtime.train import train
@@ -244,10 +245,10 @@ def test_a_16_bit_png_is_colorized_at_its_own_lightness(checkpoints, tmp_path):
 def test_an_image_over_the_memory_bound_is_one_line_naming_it(
     checkpoints, odd_images, tmp_path, capsys, monkeypatch
 ):
-    from aelab.analysis import predict
+    from aelab.analysis import photos
 
     # photo.jpg decodes into 1,850 × 4 bytes, over the bound; scan.png into 399 × 1, under it
-    monkeypatch.setattr(predict, "PHOTO_BYTES", predict.TILE_BYTES + 1000)
+    monkeypatch.setattr(photos, "PHOTO_BYTES", photos.TILE_BYTES + 1000)
     out = tmp_path / "o"
     assert run_main("colorization", odd_images, checkpoints["colorization"], out) == 2
     err = capsys.readouterr().err

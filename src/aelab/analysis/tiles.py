@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from aelab.models import ConvAutoEncoder
+if TYPE_CHECKING:  # boxes and tilings are torch-free: aelab.analysis.photos checks inputs early
+    from aelab.models import ConvAutoEncoder
 
 FLOAT_BYTES = 4
 LIVE_TENSORS = 4  # a layer's input and output, the caller's copy and the kernel's scratch
@@ -81,6 +81,8 @@ def receptive_radius(network: ConvAutoEncoder, stride: int = 1) -> int:
     kernel's half, each pooling one pixel of its coarser scale, each upsampling one (nearest), two
     (bilinear) or three (bicubic) of its input's. A classifying colorizer leaves out its last
     log2(stride) upsamplings, as classifier_logits does, then upsamples bilinearly from there."""
+    from torch import nn  # the network's layers: torch is loaded by whoever built it
+
     skipped = min(max(stride.bit_length() - 1, 0), network.pooling_stages)
     upsamplings = sum(isinstance(layer, nn.Upsample) for layer in network.decoder)
     radius, scale, seen = 0, 1, 0
