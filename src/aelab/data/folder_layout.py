@@ -2,8 +2,8 @@
 
 A root one level off still lists images, so it would train silently on the wrong layout: a root
 above a split layout makes the whole dataset one class and pools its test images into training;
-a root at its train/ drops the test split. The rule, checked from directory names alone (a few
-listings, no image is opened) before anything is decoded or cached:
+a root at its train/ drops the test split. The rule, checked from a few directory listings (no
+image is opened) before anything is decoded or cached:
 
 - a level too high: one of the root's class directories is itself a split layout (train/ and
   test/, each holding directories), or the root's only class directory is a pooled layout (no
@@ -37,14 +37,14 @@ def is_image_name(name: str) -> bool:
 def check_folder_root(root: Path) -> None:
     """Refuse a root one level above or below an image folder's root, naming the one that works."""
     root = Path(root)
+    if any((root / split).is_dir() for split in SPLITS):
+        return  # a split layout's root, whatever its name
     if _is_split_dir(root):
         raise AelabError(
             f"data.root={root} is the {root.name}/ of a split layout: the run would never see "
             f"{root.parent / _other_split(root.name)}. {LAYOUT}; point data.root at the folder "
             f"that holds both: data.root={root.parent}."
         )
-    if any((root / split).is_dir() for split in SPLITS):
-        return
     subdirs, images = _entries(root)
     if not subdirs and images:
         raise AelabError(
