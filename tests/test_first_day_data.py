@@ -40,9 +40,23 @@ def refusal(root: Path) -> str:
 def test_a_root_above_a_split_layout_is_refused_naming_the_layout_root(tmp_path):
     make_image_folder(tmp_path / "data" / "cifar10-jpg", 2, 1)
     message = refusal(tmp_path / "data")
-    assert "one level above an image folder" in message
+    assert "is above an image folder: it holds cifar10-jpg/," in message
     assert f"data.root={tmp_path / 'data' / 'cifar10-jpg'}." in message
     assert "test images pooled" in message
+
+
+def test_a_root_two_levels_above_names_the_layout_root_not_the_level_between(tmp_path):
+    root = make_image_folder(tmp_path / "shared" / "data" / "cifar10-jpg", 1, 1)
+    message = refusal(tmp_path / "shared")
+    assert "it holds data/cifar10-jpg/, which it would read as a single class" in message
+    assert message.endswith(f"data.root={root}.")
+
+
+def test_a_root_whose_only_directory_links_back_to_it_is_left_to_the_listing(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path)
+    check_folder_root(tmp_path)  # returns: the listing names what is wrong with such a root
+    with pytest.raises(AelabError, match="no image files"):
+        load_image_folder(tmp_path, 8)
 
 
 def test_a_root_above_several_layouts_names_each(tmp_path):
@@ -98,7 +112,7 @@ def test_the_refusal_comes_before_any_decoding_or_cache(tmp_path, monkeypatch):
         raise AssertionError("decoded an image")
 
     monkeypatch.setattr(sources, "_decode_all", decoded)
-    with pytest.raises(AelabError, match="one level above"):
+    with pytest.raises(AelabError, match="is above an image folder"):
         load_image_folder(tmp_path / "data", 32, tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 

@@ -5,9 +5,10 @@ above a split layout makes the whole dataset one class and pools its test images
 a root at its train/ drops the test split. The rule, checked from a few directory listings (no
 image is opened) before anything is decoded or cached:
 
-- a level too high: one of the root's class directories is itself a split layout (train/ and
-  test/, each holding directories), or the root's only class directory is a pooled layout (no
-  image of its own, only directories of them, none named train or test);
+- too high: one of the root's class directories is itself a split layout (train/ and test/, each
+  holding directories), or the root's only class directory is a pooled layout (no image of its
+  own, only directories of them, none named train or test); the folder suggested is found the
+  same way further down that only directory (data.root=../shared for ../shared/data/cifar10-jpg);
 - a level too low: the root is the train/ or test/ of a split layout, or it holds images but no
   class directories (one class directory of an image folder).
 
@@ -35,7 +36,7 @@ def is_image_name(name: str) -> bool:
 
 
 def check_folder_root(root: Path) -> None:
-    """Refuse a root one level above or below an image folder's root, naming the one that works."""
+    """Refuse a root above or below an image folder's root, naming the one that works."""
     root = Path(root)
     if any((root / split).is_dir() for split in SPLITS):
         return  # a split layout's root, whatever its name
@@ -53,11 +54,9 @@ def check_folder_root(root: Path) -> None:
             f"root, probably data.root={_root_above(root)}, or move the images into a "
             f"directory inside {root}."
         )
-    nested = [d for d in subdirs if _is_split_layout(d)]
-    if not nested and len(subdirs) == 1 and _is_pooled_layout(subdirs[0]):
-        nested = subdirs
+    nested = _roots_below(root, set())
     if nested:
-        names = ", ".join(f"{d.name}/" for d in nested)
+        names = ", ".join(f"{d.relative_to(root)}/" for d in nested)
         pooled = (
             ", its test images pooled with the training ones"
             if any(map(_is_split_layout, nested))
@@ -65,10 +64,23 @@ def check_folder_root(root: Path) -> None:
         )
         roots = " or ".join(f"data.root={d}" for d in nested)
         raise AelabError(
-            f"data.root={root} is one level above an image folder: {names} holds an image "
-            f"folder's layout, which this root would read as a single class{pooled}. {LAYOUT}; "
-            f"point data.root at the image folder: {roots}."
+            f"data.root={root} is above an image folder: it holds {names}, which it would read "
+            f"as a single class{pooled}. {LAYOUT}; point data.root at the image folder: {roots}."
         )
+
+
+def _roots_below(directory: Path, seen: set[str]) -> list[Path]:
+    """The image folders a root that is too high holds (see the module's rule), down through
+    only children; [] for a root that is not too high. seen: real paths visited (a link loop)."""
+    seen.add(os.path.realpath(directory))
+    subdirs = _entries(directory)[0]
+    nested = [d for d in subdirs if _is_split_layout(d)]
+    if nested or len(subdirs) != 1 or not _is_pooled_layout(subdirs[0]):
+        return nested
+    (only,) = subdirs
+    if os.path.realpath(only) in seen:
+        return []
+    return _roots_below(only, seen) or [only]
 
 
 def _entries(directory: Path) -> tuple[list[Path], list[str]]:
