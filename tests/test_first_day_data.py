@@ -47,6 +47,9 @@ def test_a_root_above_a_split_layout_is_refused_naming_the_layout_root(tmp_path)
 
 def test_a_root_two_levels_above_names_the_layout_root_not_the_level_between(tmp_path):
     root = make_image_folder(tmp_path / "shared" / "data" / "cifar10-jpg", 1, 1)
+    for other in ("hooks", "seed"):  # beside it, directories of other files
+        (tmp_path / "shared" / other).mkdir()
+        (tmp_path / "shared" / other / "README.md").write_text("not an image")
     message = refusal(tmp_path / "shared")
     assert "it holds data/cifar10-jpg/, which it would read as a single class" in message
     assert message.endswith(f"data.root={root}.")
@@ -69,10 +72,13 @@ def test_a_root_above_several_layouts_names_each(tmp_path):
 
 def test_a_root_above_a_pooled_folder_with_one_class_is_refused(tmp_path):
     for name in ("cats", "ships"):
-        write_images(tmp_path / "data" / "mine" / name, 2)
-    message = refusal(tmp_path / "data")
-    assert message.endswith(f"data.root={tmp_path / 'data' / 'mine'}.")
-    assert "pooled with" not in message  # no split to lose: only the level is wrong
+        write_images(tmp_path / "data" / "mine" / "jpg" / name, 2)
+    for root in (tmp_path / "data", tmp_path / "data" / "mine"):
+        message = refusal(root)
+        assert message.endswith(f"data.root={tmp_path / 'data' / 'mine' / 'jpg'}.")
+        assert "pooled with" not in message  # no split to lose: only the level is wrong
+    write_images(tmp_path / "one" / "mine" / "cats", 1)  # one class in one folder: its root
+    assert refusal(tmp_path / "one").endswith(f"data.root={tmp_path / 'one' / 'mine'}.")
 
 
 def test_a_root_inside_a_split_layout_is_refused_naming_its_root(tmp_path):

@@ -5,11 +5,12 @@ above a split layout makes the whole dataset one class and pools its test images
 a root at its train/ drops the test split. The rule, checked from a few directory listings (no
 image is opened) before anything is decoded or cached:
 
-- too high: one of the root's class directories is itself a split layout (train/ and test/, each
-  holding directories), or the root's only class directory is a pooled layout (no image of its
-  own, only directories of them, none named train or test); the folder suggested is found the
-  same way further down that only directory (data.root=../shared for ../shared/data/cifar10-jpg);
-- a level too low: the root is the train/ or test/ of a split layout, or it holds images but no
+- too high: one of the root's class directories is a split layout itself (train/ and test/, each
+  holding directories) or leads to one through directories that hold nothing but one directory
+  (data.root=../shared for ../shared/data/cifar10-jpg); or the root's only class directory is a
+  pooled layout (no image of its own, only directories of them, none named train or test), and
+  the deepest such down its chain of only children is the folder suggested;
+- too low: the root is the train/ or test/ of a split layout, or it holds images but no
   class directories (one class directory of an image folder).
 
 Torch-free, so a check can run before torch loads.
@@ -54,7 +55,7 @@ def check_folder_root(root: Path) -> None:
             f"root, probably data.root={_root_above(root)}, or move the images into a "
             f"directory inside {root}."
         )
-    nested = _roots_below(root, set())
+    nested = _roots_below(root)
     if nested:
         names = ", ".join(f"{d.relative_to(root)}/" for d in nested)
         pooled = (
@@ -69,18 +70,38 @@ def check_folder_root(root: Path) -> None:
         )
 
 
-def _roots_below(directory: Path, seen: set[str]) -> list[Path]:
-    """The image folders a root that is too high holds (see the module's rule), down through
-    only children; [] for a root that is not too high. seen: real paths visited (a link loop)."""
-    seen.add(os.path.realpath(directory))
-    subdirs = _entries(directory)[0]
-    nested = [d for d in subdirs if _is_split_layout(d)]
+def _roots_below(root: Path) -> list[Path]:
+    """The image folders a root that is too high holds (see the module's rule); [] for a root
+    that is not too high."""
+    subdirs = _entries(root)[0]
+    nested = [split for d in subdirs if (split := _split_layout_within(d, root))]
     if nested or len(subdirs) != 1 or not _is_pooled_layout(subdirs[0]):
         return nested
     (only,) = subdirs
-    if os.path.realpath(only) in seen:
-        return []
-    return _roots_below(only, seen) or [only]
+    seen = {os.path.realpath(root), os.path.realpath(only)}
+    while True:  # down to the deepest pooled layout of the chain (a link loop ends it)
+        inner = _entries(only)[0]
+        if len(inner) != 1 or not _is_pooled_layout(inner[0]):
+            return [only]
+        if os.path.realpath(inner[0]) in seen:
+            return []
+        only = inner[0]
+        seen.add(os.path.realpath(only))
+
+
+def _split_layout_within(directory: Path, root: Path) -> Path | None:
+    """directory, or the first directory down its chain of only children (directories that hold
+    nothing but one directory), that is a split layout; None if there is none."""
+    seen = {os.path.realpath(root)}
+    while os.path.realpath(directory) not in seen:
+        if _is_split_layout(directory):
+            return directory
+        seen.add(os.path.realpath(directory))
+        subdirs, images = _entries(directory)
+        if images or len(subdirs) != 1:
+            return None
+        directory = subdirs[0]
+    return None
 
 
 def _entries(directory: Path) -> tuple[list[Path], list[str]]:
