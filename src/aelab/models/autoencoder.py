@@ -167,13 +167,13 @@ def bottleneck(
         f"{image_size} = {input_size:,}-value input"
     )
     if not input_is_target:
+        output_size = model.out_channels * image_size * image_size
         if latent_size < input_size:
             size = f"{compression:.1f}× compression"
         else:
             size = (
                 "the same size" if latent_size == input_size else f"{1 / compression:.1f}× larger"
             )
-        output_size = model.out_channels * image_size * image_size
         target = target or (
             f"{model.out_channels}×{image_size}×{image_size} = {output_size:,}-value target"
         )
