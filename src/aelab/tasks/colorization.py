@@ -74,7 +74,8 @@ class ColorizationTask(AutoEncoderTask):
         if not self.classifies:
             return None
         with torch.no_grad():
-            bins, height, width = self(torch.zeros(1, 1, image_size, image_size)).shape[1:]
+            lightness = torch.zeros(1, self.in_channels, image_size, image_size, device=self.device)
+            bins, height, width = self(lightness).shape[1:]
         side = (
             "the image's size"
             if height == image_size
