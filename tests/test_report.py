@@ -85,7 +85,7 @@ def test_the_table_lists_every_run_with_its_overrides_and_status(sweep):
         assert ("no bottleneck" in row["note"]) is label.endswith("none")
     assert (rows["4"]["overrides"], rows["4"]["status"]) == (
         "+trainer.no_such_argument=1",
-        "crashed",
+        "failed",
     )
     assert "no_such_argument" in rows["4"]["note"]
     assert rows["5"]["status"] == "running" and f"pid {os.getpid()}" in rows["5"]["note"]
@@ -179,12 +179,13 @@ def test_status_tells_running_from_dead():
     )
     gone = int(finished.stdout)
     here = socket.gethostname()
-    assert run_status(None)[0] == "crashed"
-    assert run_status({"status": "completed"}) == ("completed", "")
-    assert run_status({"status": "failed", "error": "boom"}) == ("crashed", "failed: boom")
-    assert run_status({"status": "running", "pid": os.getpid(), "host": here})[0] == "running"
-    assert run_status({"status": "running", "pid": gone, "host": here})[0] == "crashed"
-    assert run_status({"status": "running", "pid": 1, "host": "elsewhere"})[0] == "running"
+    run = Path("runs/a")
+    assert run_status(None, run)[0] == "crashed"
+    assert run_status({"status": "completed"}, run) == ("completed", "")
+    assert run_status({"status": "failed", "error": "boom"}, run) == ("failed", "boom")
+    assert run_status({"status": "running", "pid": os.getpid(), "host": here}, run)[0] == "running"
+    assert run_status({"status": "running", "pid": gone, "host": here}, run)[0] == "crashed"
+    assert run_status({"status": "running", "pid": 1, "host": "elsewhere"}, run)[0] == "running"
 
 
 def test_a_colorization_run_is_tabled_against_the_grayscale_prediction(smoke_overrides, tmp_path):
@@ -321,7 +322,7 @@ def test_bad_runs_beside_good_ones_are_listed_as_unreadable_and_the_rest_reporte
     assert "no metrics.json" not in rows["9"]["note"]
     assert "## Unreadable runs" in report
     assert ".hydra/config.yaml cannot be read" in rows["10"]["why"]
-    assert "11 run(s): 4 completed, 1 running, 2 crashed, 4 unreadable." in report
+    assert "11 run(s): 4 completed, 1 running, 1 failed, 1 crashed, 4 unreadable." in report
 
 
 def test_eval_dirs_beside_runs_are_not_taken_for_runs(tmp_path):

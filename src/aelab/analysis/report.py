@@ -32,7 +32,14 @@ from aelab.analysis.baselines import (
 )
 from aelab.analysis.figures import plot_curves, plot_image_grid, plot_losses
 from aelab.analysis.predict import colorize, load_colorizer
-from aelab.analysis.runs import Run, Unreadable, describe_differences, find_runs, read_json
+from aelab.analysis.runs import (
+    STATUSES,
+    Run,
+    Unreadable,
+    describe_differences,
+    find_runs,
+    read_json,
+)
 from aelab.data.color import lab_normalized_to_rgb, rgb_to_lab_normalized
 from aelab.errors import AelabError
 from aelab.runtime.sweeps import SweepJob, jobs_not_run
@@ -131,8 +138,7 @@ def write_report(directory: Path) -> Path:
     figures = directory / "figures"
     figures.mkdir(exist_ok=True)
     common, labels = describe_differences(runs)
-    statuses = ("completed", "running", "crashed", "unreadable")
-    counts = {s: sum(run.status == s for run in runs) for s in statuses}
+    counts = {s: sum(run.status == s for run in runs) for s in STATUSES}
     not_run = unstarted_jobs(directory)
     counts["not run"] = len(not_run)
     lines = [

@@ -2,8 +2,9 @@
 
 A run dir is any directory holding `.hydra/config.yaml`. Its state comes from metrics.json, which
 aelab.runtime.train writes as {"status": "running", pid, host} once training starts, then replaces with
-the results ("completed") or {"status": "failed", error}. A run with no metrics.json stopped before
-training began; a "running" run whose process is gone was killed. Both are shown as crashed. A run
+the results ("completed"), or with {"status": "failed" | "diverged" | "interrupted", error}: a run
+is shown with the status it recorded. A run with no metrics.json stopped before training began; a
+"running" run whose process is gone was killed. Both are shown as crashed. A run
 whose files cannot be read as aelab wrote them (a truncated metrics.json, a list where an object
 belongs, a missing key) is "unreadable", with the reason; the other runs are read as usual.
 """
@@ -26,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from aelab.errors import AelabError
 from aelab.runtime.run_config import is_eval_dir, load_run_config
 
+STATUSES = ("completed", "running", "interrupted", "failed", "diverged", "crashed", "unreadable")
 Curve = list[tuple[int, float]]  # (epoch, value), epochs counted from 0
 
 
@@ -33,8 +35,8 @@ Curve = list[tuple[int, float]]  # (epoch, value), epochs counted from 0
 class Run:
     name: str  # the path relative to the directory the runs were found in
     path: Path
-    status: str  # completed, running, crashed or unreadable
-    detail: str  # why it is running, crashed or unreadable, in words; a completed run's caveat
+    status: str  # one of STATUSES
+    detail: str  # why it is not completed, in words; a completed run's caveat
     config: DictConfig | None  # None when .hydra/config.yaml cannot be read as a run's config
     overrides: list[str]
     metrics: dict = field(default_factory=dict)  # metrics.json of a completed run
@@ -116,7 +118,7 @@ def read_run(path: Path, name: str) -> Run:
     if problems:
         status, detail = "unreadable", "; ".join(problems)
     else:
-        status, detail = run_status(metrics)
+        status, detail = run_status(metrics, path)
         detail = "; ".join(filter(None, [detail, caveat]))
     return Run(
         name=name,
@@ -223,26 +225,32 @@ def _kind(value) -> str:
     return "a number" if _is_number(value) else type(value).__name__
 
 
-def run_status(metrics: dict | None) -> tuple[str, str]:
-    """(status, detail) from a run's metrics.json (None when it has none)."""
+def run_status(metrics: dict | None, run_dir: Path) -> tuple[str, str]:
+    """(status, detail) from a run's metrics.json (None when it has none): the status the run
+    recorded; "crashed" only for a run that recorded none (it stopped before training, or its
+    process is gone while metrics.json still says running). A run that can continue in place says
+    how: an interrupted one that kept its state, a crashed one with checkpoints/last.ckpt."""
+    resume = f"resume with `python train.py resume={run_dir}`"
     if metrics is None:
         return "crashed", "no metrics.json: it stopped before training began"
     status = metrics.get("status")
     if status == "completed":
         return "completed", ""
-    if status == "failed":
-        return "crashed", f"failed: {metrics.get('error', 'no error recorded')}"
-    if status == "diverged":
-        return "crashed", f"diverged: {metrics.get('error', 'no error recorded')}"
+    if status in ("failed", "diverged"):
+        return status, metrics.get("error", "no error recorded")
     if status == "interrupted":
-        return "crashed", f"interrupted; continue with {metrics.get('resume', 'resume=RUN_DIR')}"
+        kept = "resume" in metrics  # written only when the run's state was kept
+        return "interrupted", resume if kept else "nothing was kept: run the same command again"
     if status == "running":
         pid, host = metrics.get("pid"), metrics.get("host")
         if host != socket.gethostname():
             return "running", f"running on {host} (pid {pid}); cannot check it from here"
         if pid is not None and process_alive(int(pid)):
             return "running", f"running (pid {pid})"
-        return "crashed", f"stopped while training: process {pid} is gone (killed?)"
+        gone = f"stopped while training: process {pid} is gone (killed?)"
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            return "crashed", f"{gone}; {resume}"
+        return "crashed", gone
     return "crashed", f"metrics.json has an unknown status {status!r}"
 
 

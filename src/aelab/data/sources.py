@@ -23,12 +23,12 @@ import torch
 from torchvision.datasets import CIFAR10
 
 from aelab.data.cache_file import read_cache, write_cache
+from aelab.data.folder_layout import IMAGE_EXTENSIONS, check_folder_root, is_image_name
 from aelab.data.image_io import ImageReadError, read_rgb_uint8
 from aelab.errors import AelabError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CACHE_FORMAT = 2  # 2: checksummed (aelab.data.cache_file)
 CIFAR10_DIR = "cifar-10-batches-py"
 
@@ -180,7 +180,7 @@ def _walk_class(top: str, skipped: list[str]) -> list[Found]:
                 is_dir = False
             if is_dir:
                 subdirs.append(entry.path)
-            elif name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+            elif is_image_name(name):
                 regular = _regular_file(entry)
                 if isinstance(regular, str):
                     skipped.append(regular)
@@ -266,6 +266,7 @@ def list_image_folder(root: str | Path) -> Listing:
             "ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg, e.g. "
             "data.root=../shared/data/cifar10-jpg."
         )
+    check_folder_root(root)
     part_dirs = {part: root / part for part in ("train", "test") if (root / part).is_dir()}
     listed = {part: _list_images(path) for part, path in (part_dirs or {"all": root}).items()}
     prefix = len(os.path.join(str(root), ""))  # the listed paths all start with ROOT/

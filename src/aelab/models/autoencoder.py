@@ -123,12 +123,16 @@ class ConvAutoEncoder(nn.Module):
 
 
 def bottleneck(
-    model: ConvAutoEncoder, image_size: int, input_is_target: bool | None = None
+    model: ConvAutoEncoder,
+    image_size: int,
+    input_is_target: bool | None = None,
+    target: str | None = None,
 ) -> dict:
     """Latent shape, size and compression versus the input, and a sentence saying what it means.
 
     `input_is_target` says whether the task reconstructs its input; by default, when the network
     gives back as many channels as it takes (reconstruction, not colorization's L → ab).
+    `target` names a target that is not the network's output as such (the task's target_phrase).
     """
     if input_is_target is None:
         input_is_target = model.in_channels == model.out_channels
@@ -149,10 +153,12 @@ def bottleneck(
             size = (
                 "the same size" if latent_size == input_size else f"{1 / compression:.1f}× larger"
             )
+        target = target or (
+            f"{model.out_channels}×{image_size}×{image_size} = {output_size:,}-value target"
+        )
         summary = (
-            f"{described} ({size}); the {model.out_channels}×{image_size}×{image_size} = "
-            f"{output_size:,}-value target is not the input, so no latent size lets the network "
-            "copy its way to the answer"
+            f"{described} ({size}); the {target} is not the input, so no latent size lets the "
+            "network copy its way to the answer"
         )
     elif latent_size < input_size:
         summary = f"{described}: {compression:.1f}× compression"

@@ -72,7 +72,8 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         identity.record_or_check(output_dir, datamodule, resuming=bool(resume_from))
         write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
 
-    model_facts = bottleneck(task.model, datamodule.image_size)
+    size = datamodule.image_size
+    model_facts = bottleneck(task.model, size, target=task.target_phrase(size))
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
     trainer, loggers = build_trainer(cfg, bool(resume_from))
     check_every_loop_gets_a_batch(trainer, datamodule)  # before fit: a limit that rounds to 0

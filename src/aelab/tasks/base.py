@@ -93,6 +93,11 @@ class AutoEncoderTask(L.LightningModule):
         """The network's output channels for this loss (what runtime.train.build builds)."""
         return cls.out_channels
 
+    def target_phrase(self, image_size: int) -> str | None:
+        """What the start line calls the target when the network's output is not it as such;
+        None: the output, out_channels at the image's size, is the target."""
+        return None
+
     def make_loss(self, loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """loss(logits, targets) → a scalar; called once the module is initialised."""
         return LOSSES[loss]

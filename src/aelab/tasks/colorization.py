@@ -2,7 +2,8 @@
 
 With loss=bce or mse the network regresses a and b (two sigmoid outputs). With loss=ce it
 classifies each pixel's ab into the quantized bins of aelab.tasks.ab_bins (one logit per bin, at
-half resolution when the network pools), and the annealed mean at task.temperature decodes it.
+1/task.ce_stride of the image's side when the network upsamples), and the annealed mean at
+task.temperature decodes it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,25 @@ class ColorizationTask(AutoEncoderTask):
     @classmethod
     def output_channels(cls, loss: str) -> int:
         return ab_bins.bin_count() if loss == "ce" else cls.out_channels
+
+    def target_phrase(self, image_size: int) -> str | None:
+        """With loss=ce the 2-channel ab target is predicted as bin logits at 1/ce_stride of the
+        image's side (at full size without upsamplings to leave out): their shape, measured."""
+        if not self.classifies:
+            return None
+        with torch.no_grad():
+            lightness = torch.zeros(1, self.in_channels, image_size, image_size, device=self.device)
+            bins, height, width = self(lightness).shape[1:]
+        side = (
+            "the image's size"
+            if height == image_size
+            else f"1/{image_size // height} of the image's side"
+        )
+        target = self.out_channels * image_size * image_size
+        return (
+            f"{self.out_channels}×{image_size}×{image_size} = {target:,}-value ab target "
+            f"(predicted as {bins} bin logits at {height}×{width}, {side})"
+        )
 
     def make_loss(self, loss: str):
         return self._cross_entropy if loss == "ce" else LOSSES[loss]
