@@ -24,6 +24,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from aelab.config.arguments import as_typed
 from aelab.errors import AelabError
 from aelab.runtime.run_config import is_eval_dir, load_run_config
 
@@ -169,7 +170,7 @@ def read_overrides(path: Path) -> list[str]:
         raise Unreadable(f".hydra/overrides.yaml cannot be read: {error}") from None
     if not isinstance(overrides, list):
         raise Unreadable(f".hydra/overrides.yaml holds {_kind(overrides)}, not a list")
-    return [str(override) for override in overrides]
+    return [as_typed(str(override)) for override in overrides]
 
 
 def check_metrics(metrics) -> None:

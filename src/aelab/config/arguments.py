@@ -18,3 +18,9 @@ PLAIN_TRAINER_KEY = re.compile(r"trainer\.\w+=")
 def trainer_arguments_as_written(argv: list[str]) -> list[str]:
     """argv with each plain `trainer.KEY=V` as `++trainer.KEY=V`."""
     return [f"++{a}" if PLAIN_TRAINER_KEY.match(a) else a for a in argv]
+
+
+def as_typed(override: str) -> str:
+    """A saved override as the user typed it, for labels: `++trainer.KEY=V` → `trainer.KEY=V`."""
+    plain = override.removeprefix("++")
+    return plain if PLAIN_TRAINER_KEY.match(plain) else override

@@ -34,6 +34,7 @@ from aelab.choices import (
 from aelab.config.arguments import TRAINER
 from aelab.config.signatures import arguments_of
 from aelab.config.suggest import closest
+from aelab.data.folder_layout import check_folder_root
 from aelab.errors import AelabError
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything hands the seed to
@@ -411,6 +412,10 @@ def _root_problems(cfg: DictConfig) -> list[str]:
             "does not exist (a directory laid out as ROOT/train/<class>/*.jpg and "
             "ROOT/test/<class>/*.jpg, e.g. data.root=../shared/data/cifar10-jpg)"
         ]
+    try:
+        check_folder_root(Path(root).expanduser().resolve())  # one level off: which root works
+    except AelabError as error:
+        return [str(error).rstrip(".")]
     return []
 
 
