@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -13,11 +14,13 @@ import pytest
 
 from aelab.callbacks import EpochProgressBar
 from aelab.loggers import DEFAULT_NAME, MAX_NAME_BYTES, run_name
+from aelab.runtime.console import UNACTIONABLE_WARNINGS, quiet_library_noise
 from aelab.runtime.train import build
 from tests.conftest import compose_config, run_cli, without_test_hooks
 
 # What the libraries printed in every run, none of which the user could act on.
 NOISE = ("litlogger", "💡", "LeafSpec", "_pytree", "weights_only", "exists and is not empty")
+NOISE += ("ended before the epoch ended", "Trainer(val_check_interval=1.0)")
 HYDRA_PREFIX = re.compile(r"^\[[^]]*\]\[[^]]*\]\[[A-Z]+\] - ")  # Hydra's console and file format
 LIGHTNING_PREFIX = re.compile(r"^(INFO|WARNING): ")  # Lightning's own console handler's format
 SMOKE_NAME = "data.subset=null,data=folder,debug=smoke"  # less data.root, paths, the accelerator
@@ -78,6 +81,20 @@ def test_each_job_of_a_sweep_is_named_by_its_own_overrides(smoke_overrides, tmp_
     screen = messages(result.stdout) + messages(result.stderr)  # the second job's too
     assert Counter(screen)["Seed set to 42"] == 2  # once per job
     assert not [line for line in screen if any(noise in line for noise in NOISE)]
+
+
+@pytest.mark.parametrize(("category", "message", "module"), UNACTIONABLE_WARNINGS)
+def test_a_warning_is_left_out_only_where_it_comes_from(category, message, module):
+    text = re.sub(r"\\(.)", r"\1", message.replace(".*", " /x "))  # a message the pattern matches
+    emitted = module.replace("\\", "")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        quiet_library_noise()
+        for name in (emitted, "aelab.elsewhere"):  # warnings.warn names the caller's module
+            exec(
+                f"import warnings; warnings.warn({text!r}, {category.__name__})", {"__name__": name}
+            )
+    assert [str(w.message) for w in shown] == [text]  # the one from elsewhere
 
 
 def hydra_yaml(run_dir: Path, override_dirname: str) -> Path:
