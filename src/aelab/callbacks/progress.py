@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 class EpochProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, which names the epoch and sets the batch total when an epoch starts.
 
-    A run resumed inside an epoch gets no on_train_epoch_start for it, so Lightning's bar showed
-    `Training: 160/?`; here it shows `Epoch 3: 160/625` from the start of training, and counts its
+    A run resumed inside an epoch gets no on_train_epoch_start for it, where Lightning's bar shows
+    `Training: 160/?`; this one shows `Epoch 3: 160/625` from the start of training, and counts its
     speed from the first batch it trains, not from the epoch's start. The logger's version
     (`v_num`, the last 4 letters of the run's name in TensorBoard) is left out.
     """

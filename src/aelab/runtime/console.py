@@ -59,10 +59,10 @@ def not_an_advertisement(record: logging.LogRecord) -> bool:
 def lightning_logs_through_root() -> None:
     """Lightning's records go to the root logger's handlers (Hydra's console and train.log), once.
 
-    `import lightning` gives the `lightning` logger a console handler whatever is set up, so each
-    of its lines reached the screen twice; `lightning.pytorch` and `lightning.fabric` get one and
+    `import lightning` gives the `lightning` logger a console handler whatever is set up, which
+    prints each of its lines a second time; `lightning.pytorch` and `lightning.fabric` get one and
     stop propagating if they are imported before logging is set up (resume= reads a checkpoint
-    first), which kept their lines out of train.log. Where the root logger has handlers, this is
+    first), which keeps their lines out of train.log. Where the root logger has handlers, this is
     undone: the rule Lightning applies itself when logging is set up first.
     """
     if not logging.getLogger().handlers:
