@@ -66,7 +66,8 @@ def curves(run_dir: Path) -> dict:
     """Per logger, each curve's (step, value) points in the order they were logged."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    (event_dir,) = (run_dir / "tensorboard").iterdir()  # the run's name (aelab.loggers)
+    events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
     events.Reload()
     tensorboard = {t: [(e.step, e.value) for e in events.Scalars(t)] for t in CURVES}
     with open(run_dir / "csv" / "metrics.csv", newline="") as file:

@@ -106,7 +106,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == hydra_files
     log_after = (run_dir / "train.log").read_text()
     assert log_after.startswith(log_before) and "Resuming from" in log_after[len(log_before) :]
-    assert [p.name for p in (run_dir / "tensorboard").iterdir() if p.is_dir()] == []
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1  # one TensorBoard run, resumed into
     timing = json.loads((run_dir / "timing.json").read_text())
     assert len(timing["seconds_per_epoch"]) == 3
 

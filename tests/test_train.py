@@ -72,7 +72,7 @@ def test_smoke_training_writes_a_complete_run(loss, pooling, smoke_overrides, tm
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "preview.png").is_file()
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard").glob("*/events.out.tfevents.*"))  # <run name>/
     timing = json.loads((run_dir / "timing.json").read_text())
     assert len(timing["seconds_per_epoch"]) == 2 and all(s > 0 for s in timing["seconds_per_epoch"])
 

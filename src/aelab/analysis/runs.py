@@ -267,9 +267,10 @@ def process_alive(pid: int) -> bool:
 
 def read_curves(path: Path) -> dict[str, Curve]:
     """Per-epoch scalars by tag ("train/loss", "val/psnr", ...) from TensorBoard, else the CSV log."""
-    events = path / "tensorboard"
-    if any(events.glob("events.out.tfevents.*")):
-        return _tensorboard_curves(events)
+    # tensorboard/<run name>/ (aelab.loggers), or tensorboard/ itself for older runs
+    events = sorted(path.glob("tensorboard/**/events.out.tfevents.*"))
+    if events:
+        return _tensorboard_curves(events[0].parent)
     if (path / "csv" / "metrics.csv").is_file():
         return _csv_curves(path / "csv" / "metrics.csv")
     return {}

@@ -7,11 +7,13 @@ from aelab.callbacks.checkpoint_extras import (
 )
 from aelab.callbacks.divergence import StopOnDivergence, TrainingDiverged
 from aelab.callbacks.monitoring import EpochTimer, PreviewImages
+from aelab.callbacks.progress import EpochProgressBar
 from aelab.callbacks.signals import SaveOnSignal
 from aelab.runtime.stops import TrainingInterrupted
 
 __all__ = [
     "CheckpointPathsInRunDir",
+    "EpochProgressBar",
     "EpochTimer",
     "FlushLogsWithCheckpoints",
     "PreviewImages",

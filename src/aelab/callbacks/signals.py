@@ -68,6 +68,6 @@ class SaveOnSignal(L.Callback):
             return
         signum = LISTENER.received or signal.SIGTERM  # another rank's signal
         checkpoint = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(checkpoint)
+        trainer.save_checkpoint(checkpoint, weights_only=False)  # the whole state, for resume=
         log.info("%s: saved %s", signal.Signals(signum).name, checkpoint)
         raise TrainingInterrupted(signum, checkpoint)

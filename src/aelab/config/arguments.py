@@ -13,6 +13,7 @@ import re
 
 TRAINER = "lightning.pytorch.Trainer"  # configs/trainer/*.yaml's _target_
 PLAIN_TRAINER_KEY = re.compile(r"trainer\.\w+=")
+ADDED_TRAINER_KEY = re.compile(r"(^|,)\+\+(?=trainer\.\w+=)")  # as written by the above
 
 
 def trainer_arguments_as_written(argv: list[str]) -> list[str]:
@@ -20,7 +21,7 @@ def trainer_arguments_as_written(argv: list[str]) -> list[str]:
     return [f"++{a}" if PLAIN_TRAINER_KEY.match(a) else a for a in argv]
 
 
-def as_typed(override: str) -> str:
-    """A saved override as the user typed it, for labels: `++trainer.KEY=V` → `trainer.KEY=V`."""
-    plain = override.removeprefix("++")
-    return plain if PLAIN_TRAINER_KEY.match(plain) else override
+def as_typed(overrides: str) -> str:
+    """Saved overrides (one, or Hydra's comma-joined override_dirname) as the user typed them,
+    for labels and run names: `++trainer.KEY=V` → `trainer.KEY=V`."""
+    return ADDED_TRAINER_KEY.sub(r"\1", overrides)

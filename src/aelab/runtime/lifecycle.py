@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from omegaconf import DictConfig
 from aelab.callbacks import TrainingDiverged
 from aelab.errors import AelabError
 from aelab.runtime import created
+from aelab.runtime.console import lightning_logs_through_root
 from aelab.runtime.distributed import export_run_to_children, launch_rank, launch_state_restored
 from aelab.runtime.heap import frozen_heap
 from aelab.runtime.requeue import hand_over
@@ -31,16 +31,6 @@ from aelab.runtime.stops import LISTENER, TrainingInterrupted, listening
 from aelab.runtime.sweeps import sweep_continuation
 
 log = logging.getLogger("aelab")
-
-
-def silence_misleading_warnings() -> None:
-    """Lightning warnings that do not apply to aelab's own batches (not a DataLoader)."""
-    # The mid-epoch position is kept by ImageDataModule.state_dict, which Lightning does not see.
-    warnings.filterwarnings(
-        "ignore", "You're resuming from a checkpoint that ended before the epoch"
-    )
-    # Under trainer.overfit_batches ImageDataModule itself serves the batches in order.
-    warnings.filterwarnings("ignore", "You requested to overfit but enabled")
 
 
 @contextmanager
@@ -123,7 +113,7 @@ def guarded(
 
 def guarded_job(job, cfg: DictConfig, resumable: bool) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
-    silence_misleading_warnings()
+    lightning_logs_through_root()  # each of Lightning's lines once on screen, once in train.log
     status_before = read_status_file(output_dir) if cfg.get("resume") else None
     try:
         LISTENER.act()  # a signal that came while the job was being set up stops it here
