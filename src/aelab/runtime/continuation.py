@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aelab.data import identity
 from aelab.errors import AelabError
@@ -50,11 +51,17 @@ def refuse_other_settings(path: Path, run_dir: Path, cfg: DictConfig) -> None:
     """The optimizer and scheduler settings must be the checkpoint's run's: Lightning loads their
     state over this run's, settings included, so a changed lr or T_max would be ignored."""
     saved = load_run_config(run_dir)  # refused here if it names code aelab does not
-    differs = [
-        f"{key}: {now!r} here, {then!r} in its run"
-        for node in RESTORED_NODES
-        for key, now, then in _differences(node, cfg.get(node), saved.get(node))
-    ]
+    try:
+        differs = [
+            f"{key}: {now!r} here, {then!r} in its run"
+            for node in RESTORED_NODES
+            for key, now, then in _differences(node, cfg.get(node), saved.get(node))
+        ]
+    except OmegaConfBaseException as error:  # an interpolation that resolves only elsewhere
+        raise AelabError(
+            f"ckpt_path={path}: the optimizer and scheduler settings of this run or of {run_dir} "
+            f"cannot be resolved to compare them ({error}). " + weights_instead(path)
+        ) from None
     if differs:
         raise AelabError(
             f"ckpt_path={path} continues that run's training, and Lightning restores its "
@@ -109,14 +116,27 @@ def _epochs_done(checkpoint: dict) -> int:
         return int(checkpoint.get("epoch", 0))
 
 
-def checked_continuation(path: str, checkpoint: dict, cfg: DictConfig) -> Path:
-    """The checkpoint's run dir, once the checkpoint can be continued with this config."""
-    path = Path(path)
+def checkpoint_to_continue(cfg: DictConfig) -> tuple[Path, dict] | None:
+    """ckpt_path=PATH resolved, with the checkpoint's contents, once they can be continued with
+    this config; None without ckpt_path=. Needs no Lightning: the network is checked once the
+    task is built (aelab.runtime.train.refuse_other_network)."""
+    if cfg.get("ckpt_path") and cfg.get("init_weights"):
+        raise AelabError(
+            f"ckpt_path={cfg.ckpt_path} and init_weights={cfg.init_weights} are two ways to "
+            "start: ckpt_path= continues a checkpoint's training (its optimizer, schedule and "
+            "epoch count), init_weights= starts a new run from its network weights only. Give one."
+        )
+    if not cfg.get("ckpt_path"):
+        return None
+    from aelab.models.checkpoint import read_checkpoint  # torch loads only for a checkpoint
+
+    path = Path(str(cfg.ckpt_path)).expanduser().resolve()
+    checkpoint = read_checkpoint(path)
     run_dir = source_run(path)
     refuse_manual_optimization_checkpoint(path, checkpoint)
     refuse_other_settings(path, run_dir, cfg)
     refuse_zero_steps(path, checkpoint, cfg.trainer)
-    return run_dir
+    return path, checkpoint
 
 
 def check_data(path: Path, datamodule) -> None:

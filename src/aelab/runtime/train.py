@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> float | None:
 def train(cfg: DictConfig, output_dir: Path) -> float | None:
     refuse_files_outside(cfg, output_dir)
     resume_from = resume_checkpoint(cfg, output_dir)
-    continued = continued_checkpoint(cfg) if not resume_from else None
+    continued = continuation.checkpoint_to_continue(cfg) if not resume_from else None
     L.seed_everything(cfg.seed, workers=True)
     task, datamodule = build(cfg)
     if resume_from:  # every rank reads the images the run started on, from any working dir
@@ -201,23 +201,6 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
         return None
     log.info("Resuming from %s", last)
     return last
-
-
-def continued_checkpoint(cfg: DictConfig) -> tuple[Path, dict] | None:
-    """ckpt_path=PATH (Lightning's meaning): the checkpoint whose full training state this new
-    run continues, read and checked (aelab.runtime.continuation) before the task is built."""
-    if cfg.get("ckpt_path") and cfg.get("init_weights"):
-        raise AelabError(
-            f"ckpt_path={cfg.ckpt_path} and init_weights={cfg.init_weights} are two ways to "
-            "start: ckpt_path= continues a checkpoint's training (its optimizer, schedule and "
-            "epoch count), init_weights= starts a new run from its network weights only. Give one."
-        )
-    if not cfg.get("ckpt_path"):
-        return None
-    path = Path(str(cfg.ckpt_path)).expanduser().resolve()
-    checkpoint = read_checkpoint(path)
-    continuation.checked_continuation(path, checkpoint, cfg)
-    return path, checkpoint
 
 
 def start_from_weights(task: L.LightningModule, path: str) -> None:
