@@ -14,10 +14,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
 
 from aelab.callbacks import CheckpointPathsInRunDir
+from aelab.errors import AelabError
 from aelab.runtime import cli
-from tests.conftest import run_cli, run_entry
+from aelab.runtime.continuation import refuse_other_settings
+from tests.conftest import compose_config, run_cli, run_entry
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -191,3 +194,26 @@ def test_a_continuation_keeps_its_own_best_checkpoint(tmp_path):
         assert (callback.best_model_score is not None) == kept
         expected = str(tmp_path / "new" / "checkpoints" / "best.ckpt") if kept else ""
         assert callback.best_model_path == expected
+
+
+def saved_run(run_dir: Path, overrides: list[str]) -> Path:
+    """A run dir holding only the config `python train.py OVERRIDES` saves."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config(overrides, run_dir), run_dir / ".hydra" / "config.yaml")
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def test_a_one_cycle_continuation_keeps_its_runs_length(tmp_path):
+    """OneCycleLR's total steps are the run's own; its restored state keeps the checkpoint run's,
+    so a longer continuation would be stopped by the scheduler mid-training: refused up front."""
+    onecycle = ["scheduler=onecycle"]
+    path = saved_run(tmp_path / "run", onecycle)
+    refuse_other_settings(path, path.parents[1], compose_config(onecycle, tmp_path))  # as it was
+    longer = compose_config([*onecycle, "trainer.max_epochs=30"], tmp_path)
+    with pytest.raises(AelabError, match=r"trainer.max_epochs: 30 here, 15 in its run, the length"):
+        refuse_other_settings(path, path.parents[1], longer)
+    fixed = [*onecycle, "scheduler.scheduler.total_steps=1000"]  # a length of its own
+    path = saved_run(tmp_path / "fixed", fixed)
+    refuse_other_settings(
+        path, path.parents[1], compose_config([*fixed, "trainer.max_epochs=30"], tmp_path)
+    )

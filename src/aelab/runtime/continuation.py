@@ -24,6 +24,8 @@ from aelab.runtime.run_config import load_run_config
 
 log = logging.getLogger("aelab")
 RESTORED_NODES = ("optimizer", "scheduler")  # settings Lightning restores from the state
+RUN_LENGTH = ("trainer.max_epochs", "trainer.max_steps")  # a one-cycle schedule's length
+LENGTH = ", the length of the one-cycle schedule its state keeps"
 
 
 def weights_instead(path: Path) -> str:
@@ -51,11 +53,12 @@ def refuse_other_settings(path: Path, run_dir: Path, cfg: DictConfig) -> None:
     """The optimizer and scheduler settings must be the checkpoint's run's: Lightning loads their
     state over this run's, settings included, so a changed lr or T_max would be ignored."""
     saved = load_run_config(run_dir)  # refused here if it names code aelab does not
+    nodes = RESTORED_NODES + (RUN_LENGTH if _length_from_the_run(cfg) else ())
     try:
         differs = [
-            f"{key}: {now!r} here, {then!r} in its run"
-            for node in RESTORED_NODES
-            for key, now, then in _differences(node, cfg.get(node), saved.get(node))
+            f"{key}: {now!r} here, {then!r} in its run" + (LENGTH if key in RUN_LENGTH else "")
+            for node in nodes
+            for key, now, then in _differences(node, _select(cfg, node), _select(saved, node))
         ]
     except OmegaConfBaseException as error:  # an interpolation that resolves only elsewhere
         raise AelabError(
@@ -69,6 +72,20 @@ def refuse_other_settings(path: Path, run_dir: Path, cfg: DictConfig) -> None:
             f"({'; '.join(differs)}). Leave them as its run had them to continue it. "
             + weights_instead(path)
         )
+
+
+def _length_from_the_run(cfg: DictConfig) -> bool:
+    """Whether the scheduler's length is the run's own (OneCycleLR without total_steps or
+    epochs: AutoEncoderTask.configure_optimizers sets the Trainer's estimated steps), which its
+    restored state keeps from the checkpoint's run."""
+    settings = OmegaConf.select(cfg, "scheduler.scheduler")
+    return OmegaConf.is_config(settings) and (
+        "total_steps" in settings and not (settings.get("total_steps") or settings.get("epochs"))
+    )
+
+
+def _select(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, default=None)
 
 
 def _differences(prefix: str, now, then) -> list[tuple[str, object, object]]:
