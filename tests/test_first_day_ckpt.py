@@ -217,3 +217,13 @@ def test_a_one_cycle_continuation_keeps_its_runs_length(tmp_path):
     refuse_other_settings(
         path, path.parents[1], compose_config([*fixed, "trainer.max_epochs=30"], tmp_path)
     )
+
+
+def test_ckpt_path_never_writes_into_the_checkpoints_run(source, image_folder, tmp_path, capsys):
+    """The new run's dir is its own: the checkpoint's run dir is refused as one (run_dir_guard)."""
+    before = tree(source)
+    code = run_entry(cli.main, *same_data(image_folder, tmp_path),
+                     f"ckpt_path={source / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=3",
+                     f"hydra.run.dir={source}")  # fmt: skip
+    assert code == 2 and "already holds a run's files" in capsys.readouterr().err
+    assert tree(source) == before
