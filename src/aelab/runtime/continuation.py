@@ -31,7 +31,7 @@ LENGTH = ", the length of the one-cycle schedule its state keeps"
 def weights_instead(path: Path) -> str:
     """The one-line hint for a command line that means a new run from the weights."""
     return (
-        f"To start a new run from its network weights only (epoch 0, a fresh optimizer and "
+        "To start a new run from its network weights only (epoch 0, a fresh optimizer and "
         f"schedule: fine-tuning, or training longer on a new schedule), use init_weights={path}."
     )
 
@@ -43,7 +43,7 @@ def source_run(path: Path) -> Path:
         raise AelabError(
             f"ckpt_path={path} continues a run's training, but the checkpoint is not inside a run "
             f"dir (no {run_dir}/.hydra/config.yaml), so its optimizer settings and data cannot be "
-            f"checked. Give it where python train.py left it (RUN/checkpoints/last.ckpt). "
+            "checked. Give it where python train.py left it (RUN/checkpoints/last.ckpt). "
             + weights_instead(path)
         )
     return run_dir
@@ -68,7 +68,7 @@ def refuse_other_settings(path: Path, run_dir: Path, cfg: DictConfig) -> None:
     if differs:
         raise AelabError(
             f"ckpt_path={path} continues that run's training, and Lightning restores its "
-            f"optimizer and scheduler with the settings they had there, over this run's "
+            "optimizer and scheduler with the settings they had there, over this run's "
             f"({'; '.join(differs)}). Leave them as its run had them to continue it. "
             + weights_instead(path)
         )
