@@ -227,3 +227,15 @@ def test_ckpt_path_never_writes_into_the_checkpoints_run(source, image_folder, t
                      f"hydra.run.dir={source}")  # fmt: skip
     assert code == 2 and "already holds a run's files" in capsys.readouterr().err
     assert tree(source) == before
+
+
+def test_a_mid_epoch_continuation_keeps_the_runs_epoch_order(tmp_path):
+    """Saved inside an epoch, a checkpoint's place is a count of batches of the run's order: a
+    continuation with another batch size or seed would skip other images than it trained on."""
+    path = saved_run(tmp_path / "run", [])
+    for changed, message in (("data.batch_size=32", "data.batch_size: 32 here, 128 in its run"),
+                             ("seed=1", "data.shuffle_seed: 1 here, 42 in its run")):  # fmt: skip
+        cfg = compose_config([changed], tmp_path)
+        refuse_other_settings(path, path.parents[1], cfg)  # between epochs: a new order is fine
+        with pytest.raises(AelabError, match=f"{message}, which its place in the epoch"):
+            refuse_other_settings(path, path.parents[1], cfg, mid_epoch=True)

@@ -26,6 +26,8 @@ log = logging.getLogger("aelab")
 RESTORED_NODES = ("optimizer", "scheduler")  # settings Lightning restores from the state
 RUN_LENGTH = ("trainer.max_epochs", "trainer.max_steps")  # a one-cycle schedule's length
 LENGTH = ", the length of the one-cycle schedule its state keeps"
+EPOCH_ORDER = ("data.batch_size", "data.shuffle_seed")  # what a position in the epoch counts in
+POSITION = ", which its place in the epoch counts in"
 
 
 def weights_instead(path: Path) -> str:
@@ -49,14 +51,19 @@ def source_run(path: Path) -> Path:
     return run_dir
 
 
-def refuse_other_settings(path: Path, run_dir: Path, cfg: DictConfig) -> None:
+def refuse_other_settings(
+    path: Path, run_dir: Path, cfg: DictConfig, mid_epoch: bool = False
+) -> None:
     """The optimizer and scheduler settings must be the checkpoint's run's: Lightning loads their
-    state over this run's, settings included, so a changed lr or T_max would be ignored."""
+    state over this run's, settings included, so a changed lr or T_max would be ignored. Saved
+    mid-epoch, its place in the epoch is a count of batches of the run's epoch order."""
     saved = load_run_config(run_dir)  # refused here if it names code aelab does not
     nodes = RESTORED_NODES + (RUN_LENGTH if _length_from_the_run(cfg) else ())
+    nodes += EPOCH_ORDER if mid_epoch else ()
+    why = dict.fromkeys(RUN_LENGTH, LENGTH) | dict.fromkeys(EPOCH_ORDER, POSITION)
     try:
         differs = [
-            f"{key}: {now!r} here, {then!r} in its run" + (LENGTH if key in RUN_LENGTH else "")
+            f"{key}: {now!r} here, {then!r} in its run" + why.get(key, "")
             for node in nodes
             for key, now, then in _differences(node, _select(cfg, node), _select(saved, node))
         ]
@@ -124,6 +131,12 @@ def refuse_zero_steps(path: Path, checkpoint: dict, trainer: DictConfig) -> None
     )
 
 
+def _mid_epoch(checkpoint: dict) -> bool:
+    """Whether the checkpoint was saved inside an epoch (ImageDataModule.state_dict's count)."""
+    position = checkpoint.get("ImageDataModule")  # Lightning keys it by the class name
+    return isinstance(position, dict) and bool(position.get("train_batches_done"))
+
+
 def _epochs_done(checkpoint: dict) -> int:
     """Epochs the checkpoint's training finished: Lightning counts an epoch as processed before
     its end-of-epoch checkpoint is written, and reads that count to decide it is done."""
@@ -151,7 +164,7 @@ def checkpoint_to_continue(cfg: DictConfig) -> tuple[Path, dict] | None:
     checkpoint = read_checkpoint(path)
     run_dir = source_run(path)
     refuse_manual_optimization_checkpoint(path, checkpoint)
-    refuse_other_settings(path, run_dir, cfg)
+    refuse_other_settings(path, run_dir, cfg, _mid_epoch(checkpoint))
     refuse_zero_steps(path, checkpoint, cfg.trainer)
     return path, checkpoint
 
