@@ -273,7 +273,7 @@ def test_a_foreign_checkpoint_builds_nothing_at_any_entry_point(name, genuine, t
     image = tmp_path / "in" / "0000.png"
     write_images(image.parent, 1)
 
-    with pytest.raises(AelabError, match=re.escape(message)):  # train.py ckpt_path=
+    with pytest.raises(AelabError, match=re.escape(message)):  # train.py init_weights=
         load_network(path, "reconstruction")
     for task_class in (ReconstructionTask, ColorizationTask):
         with pytest.raises(AelabError, match=re.escape(message)):
@@ -288,7 +288,8 @@ def test_a_foreign_checkpoint_builds_nothing_at_any_entry_point(name, genuine, t
     assert not (tmp_path / "out").exists()
 
 
-def test_train_ckpt_path_exits_2_for_a_foreign_checkpoint(genuine, image_folder, tmp_path):
+@pytest.mark.parametrize("key", ["ckpt_path", "init_weights"])
+def test_train_exits_2_for_a_foreign_checkpoint(key, genuine, image_folder, tmp_path):
     path = genuine / "checkpoints" / "best.ckpt"
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["hyper_parameters"]["optimizer"] = opens(tmp_path / "marker")
@@ -297,7 +298,7 @@ def test_train_ckpt_path_exits_2_for_a_foreign_checkpoint(genuine, image_folder,
         "debug=smoke",
         "data=folder",
         f"data.root={image_folder}",
-        f"ckpt_path={path}",
+        f"{key}={path}",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'new'}",
     )

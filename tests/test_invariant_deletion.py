@@ -46,8 +46,11 @@ REFUSED_STARTS = {
         ["debug=smoke", "data=folder", "data.root=/nonexistent", "hydra.run.dir=DIR"],
         "does not exist",
     ),
-    "train: a mistyped ckpt_path, after the build": (
+    "train: a mistyped ckpt_path": (
         cli.main, ["DATA", "ckpt_path=typo.ckpt", "hydra.run.dir=DIR"], "typo.ckpt",
+    ),
+    "train: a mistyped init_weights, after the build": (
+        cli.main, ["DATA", "init_weights=typo.ckpt", "hydra.run.dir=DIR"], "typo.ckpt",
     ),
     "train: a user's train.log in the dir": (
         cli.main, ["seed=1", "hydra.run.dir=DIR"], "already holds a run's files (train.log)",

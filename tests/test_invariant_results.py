@@ -184,7 +184,7 @@ def test_a_fraction_that_rounds_to_no_batch_stops_the_run_before_fit(smoke_overr
 # Per-step training losses recorded from real runs on CIFAR-10 (the JPEG copy): `python train.py
 # debug=smoke data=folder data.root=... ` (batches of 64, each epoch's last of 32; 2 epochs) at
 # optimizer.lr=1e3, 1, 10, 100 and at the default 1e-3; and fine-tunes of a 1-epoch MSE run
-# (data.subset=10000 trainer.max_epochs=1 loss=mse ckpt_path=its best.ckpt, batches of 128).
+# (data.subset=10000 trainer.max_epochs=1 loss=mse init_weights=its best.ckpt, batches of 128).
 EXPLODING = {  # BCE and cross-entropy on logits are unbounded
     "bce": [0.694, 1.1e19, 1.4e21, 3.59e21, 1.32e19, 3.93e11, 564, 585, 1.26e7, 2.27e5, 629],
     "bce, lr=1": [0.694, 3.35e4, 5.5e5, 1.17e6, 5.96e4, 5.79e3, 1.06e4, 9.11e3, 6.51e3, 2.43e3],

@@ -176,7 +176,7 @@ def test_load_from_checkpoint_rebuilds_the_task(task_class, image_folder, tmp_pa
         assert torch.equal(weights(loaded), weights(task))
 
 
-def test_ckpt_path_starts_from_the_checkpoints_network(image_folder, tmp_path):
+def test_init_weights_starts_from_the_checkpoints_network(image_folder, tmp_path):
     task, trainer, _ = fitted(image_folder, tmp_path, steps=2)
     path = tmp_path / "trained.ckpt"
     trainer.save_checkpoint(path)
@@ -196,25 +196,6 @@ def test_ckpt_path_starts_from_the_checkpoints_network(image_folder, tmp_path):
         start_from_weights(colorizer, str(path))
 
 
-def test_fine_tuning_is_a_new_run_from_the_weights(smoke_overrides, tmp_path):
-    first = run_cli(*smoke_overrides, f"hydra.run.dir={tmp_path / 'first'}")
-    assert first.returncode == 0, first.stderr[-3000:]
-    best = tmp_path / "first" / "checkpoints" / "best.ckpt"
-    before = best.read_bytes()
-    tuned = run_cli(
-        *smoke_overrides,
-        f"ckpt_path={best}",
-        "optimizer.lr=1e-4",
-        "trainer.max_epochs=1",
-        f"hydra.run.dir={tmp_path / 'tuned'}",
-    )
-    assert tuned.returncode == 0, tuned.stderr[-3000:]
-    assert "Starting from the weights of" in (tmp_path / "tuned" / "train.log").read_text()
-    metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["init_checkpoint"] == str(best)
-    assert best.read_bytes() == before  # the first run's files are untouched
-
-
 def test_a_manual_optimization_checkpoint_is_refused_on_resume(image_folder, tmp_path):
     """Checkpoints of the version whose task stepped itself: its step count lives elsewhere."""
     _, trainer, _ = fitted(image_folder, tmp_path, steps=2)
@@ -223,7 +204,7 @@ def test_a_manual_optimization_checkpoint_is_refused_on_resume(image_folder, tmp
     old = torch.load(checkpoint, weights_only=True)
     old["hyper_parameters"] = {**copy.deepcopy(old["hyper_parameters"]), "gradient_clip_val": None}
     torch.save(old, checkpoint)
-    with pytest.raises(AelabError, match=r"manual optimization.*ckpt_path=PATH"):
+    with pytest.raises(AelabError, match=r"manual optimization.*init_weights=PATH"):
         fitted(image_folder, tmp_path, steps=4, ckpt_path=checkpoint)
 
 
@@ -267,7 +248,7 @@ def test_resume_refuses_a_manual_optimization_checkpoint_before_hydra_starts(
     old = torch.load(last, weights_only=True)
     old["hyper_parameters"]["gradient_clip_val"] = 1.0
     torch.save(old, last)
-    with pytest.raises(AelabError, match=r"manual optimization.*ckpt_path="):
+    with pytest.raises(AelabError, match=r"manual optimization.*init_weights="):
         resume_arguments([f"resume={run_dir}"])
 
 

@@ -335,7 +335,7 @@ def test_resume_of_a_truncated_last_checkpoint_names_it_and_keeps_the_status(tmp
     result = run_cli(f"resume={run_dir}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{last} could not be loaded" in " ".join(result.stderr.split())
-    assert "ckpt_path=" in result.stderr
+    assert "init_weights=" in result.stderr
     assert (run_dir / "metrics.json").read_text() == '{"status": "interrupted"}\n'
 
 

@@ -126,6 +126,7 @@ def test_cli_unknown_option_lists_the_choices(tmp_path):
         (["+optimizer.fused=true"], "~optimizer.foreach"),
         (["optimizer=sgd", "+optimizer.betas=[0.9,0.99]"], "~optimizer.betas"),
         (["ckpt_path=/nonexistent/best.ckpt"], "does not exist"),
+        (["init_weights=/nonexistent/best.ckpt"], "does not exist"),
         (["data.batch_size=0"], "batch_size"),
         (["data.val_fraction=0.5", "data.test_fraction=0.6"], "fraction"),
         (["widths=deep", "data.image_size=36", "data=folder", "data.root=."], "multiple of 8"),

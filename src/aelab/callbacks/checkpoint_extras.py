@@ -79,9 +79,19 @@ class CheckpointPathsInRunDir(L.Callback):
             state.update(_moved(state, Path(state["dirpath"]), Path(".")))
 
     def on_load_checkpoint(self, trainer: L.Trainer, task: L.LightningModule, checkpoint) -> None:
+        """A checkpoint of another run dir (train.py ckpt_path=) names files this run does not
+        have: the new run keeps its own best.ckpt and score from its own epochs."""
         for callback, state in _checkpoint_states(trainer, checkpoint):
+            if not _in_dir(trainer.ckpt_path, callback.dirpath):
+                state.clear()
+                state.update(callback.state_dict())
+                continue
             saved_in = Path(state.get("dirpath") or callback.dirpath)
             state.update(_moved(state, saved_in, Path(callback.dirpath)))
+
+
+def _in_dir(path, directory) -> bool:
+    return path is None or Path(path).resolve().parent == Path(directory).resolve()
 
 
 def _checkpoint_states(trainer: L.Trainer, checkpoint: dict) -> list[tuple[ModelCheckpoint, dict]]:

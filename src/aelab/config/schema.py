@@ -243,6 +243,7 @@ class TrainSchema:
     threads: int | None = field(default=None, metadata=THREADS)
     resume: str | None = None
     ckpt_path: str | None = None
+    init_weights: str | None = None
 
 
 @dataclass

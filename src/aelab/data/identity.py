@@ -228,7 +228,7 @@ def record_or_check(run_dir: Path, datamodule, resuming: bool) -> None:
         "The run cannot resume",
         "A resumed run must go on with the images it started with, or its test split could hold "
         "images it trained on. Restore the folder as it was, or start a new run on the images as "
-        "they are now (python train.py with the run's overrides, or ckpt_path= its last.ckpt).",
+        "they are now (python train.py with the run's overrides, or init_weights= its last.ckpt).",
     )
 
 

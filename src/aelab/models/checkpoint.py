@@ -67,7 +67,11 @@ def _refusal(path: Path, error: Exception) -> str:
 
 def load_network(path: str | Path, task: str) -> ConvAutoEncoder:
     """The trained ConvAutoEncoder of an aelab checkpoint of the given task, in eval mode."""
-    checkpoint = read_checkpoint(path)
+    return network_of(read_checkpoint(path), path, task)
+
+
+def network_of(checkpoint: dict, path: str | Path, task: str) -> ConvAutoEncoder:
+    """The ConvAutoEncoder of a checkpoint read_checkpoint(path) has read, in eval mode."""
     facts = checkpoint["aelab"]
     if facts.get("task") != task:
         trained = facts.get("task")

@@ -114,7 +114,7 @@ def usable_last_checkpoint(run_dir: Path, required: bool = True) -> dict | None:
         problem = str(error) if isinstance(error, AelabError) else f"{last} could not be read."
     raise AelabError(
         f"{problem} The run cannot continue where it stopped; its status is left as it was. "
-        "Start a new run from its weights instead: python train.py ckpt_path="
+        "Start a new run from its weights instead: python train.py init_weights="
         f"{last.with_name('best.ckpt')} (with the run's overrides from .hydra/overrides.yaml)."
     )
 
@@ -127,6 +127,6 @@ def refuse_manual_optimization_checkpoint(last: Path, checkpoint: dict) -> None:
             "(manual optimization); Lightning keeps that run's step count where automatic "
             "optimization does not read it, so a resume would restart its step count, step "
             "checkpoints and schedulers at 0. Start a new run from its weights instead: python "
-            f"train.py ckpt_path={last} (with the run's model overrides), or evaluate it with "
+            f"train.py init_weights={last} (with the run's model overrides), or evaluate it with "
             f"python eval.py ckpt_path={last}."
         )

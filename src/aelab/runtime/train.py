@@ -32,7 +32,8 @@ from aelab.data import identity
 from aelab.data.batch_limits import check_every_loop_gets_a_batch
 from aelab.errors import AelabError
 from aelab.models.autoencoder import bottleneck
-from aelab.models.checkpoint import load_network
+from aelab.models.checkpoint import network_of, read_checkpoint
+from aelab.runtime import continuation
 from aelab.runtime.checkpoint_io import AtomicCheckpointIO
 from aelab.runtime.distributed import launch_rank
 from aelab.runtime.lifecycle import guarded, training_process, write_status
@@ -40,12 +41,16 @@ from aelab.runtime.requeue import continues_requeued_run
 
 log = logging.getLogger("aelab")
 PATH_KEYS = ("dirpath", "save_dir", "output_dir")  # where a callback or logger writes files
-CKPT_PATH_ADVICE = (
+INIT_WEIGHTS_ADVICE = (
     "Use the overrides the checkpoint's run was trained with (its .hydra/overrides.yaml)."
+)
+CONTINUE_ADVICE = (
+    "ckpt_path= continues that run's training, so its network must be the one this config "
+    "builds: use the overrides the checkpoint's run was trained with (its .hydra/overrides.yaml)."
 )
 RESUME_ADVICE = (
     "Its .hydra/config.yaml was changed after the run started: put back the values it was "
-    "trained with. A resumed run keeps its config; other settings need a new run (ckpt_path=)."
+    "trained with. A resumed run keeps its config; other settings need a new run (init_weights=)."
 )
 
 
@@ -56,18 +61,25 @@ def run(cfg: DictConfig) -> float | None:
 
 def train(cfg: DictConfig, output_dir: Path) -> float | None:
     refuse_files_outside(cfg, output_dir)
+    resume_from = resume_checkpoint(cfg, output_dir)
+    continued = continuation.checkpoint_to_continue(cfg) if not resume_from else None
     L.seed_everything(cfg.seed, workers=True)
     task, datamodule = build(cfg)
-    resume_from = resume_checkpoint(cfg, output_dir)
     if resume_from:  # every rank reads the images the run started on, from any working dir
         refuse_other_network(resume_from, task, RESUME_ADVICE)
         identity.use_run_data(datamodule, output_dir)
-    elif cfg.get("ckpt_path"):
-        start_from_weights(task, cfg.ckpt_path)
+    elif continued:
+        path, checkpoint = continued
+        refuse_other_network(path, task, CONTINUE_ADVICE, checkpoint)
+        continuation.announce(path, checkpoint)
+    elif cfg.get("init_weights"):
+        start_from_weights(task, cfg.init_weights)
     owner = launch_rank() == 0  # rank zero writes the run's files; other ranks only train
     if owner:  # data errors surface here, before a logger or checkpoint exists
         datamodule.prepare_data()
         datamodule.setup("fit")
+        if continued:
+            continuation.check_data(continued[0], datamodule)
         output_dir.mkdir(parents=True, exist_ok=True)
         identity.record_or_check(output_dir, datamodule, resuming=bool(resume_from))
         write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
@@ -82,7 +94,8 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
             logger.experiment.add_text("model/bottleneck", model_facts["summary"])
 
     with training_process(trainer, output_dir, bool(resume_from), cfg.get("threads")):
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
+        fit_from = resume_from or (continued[0] if continued else None)  # the full state
+        trainer.fit(task, datamodule=datamodule, ckpt_path=fit_from, weights_only=True)
         timing = epoch_timing(trainer)  # now: testing the best checkpoint restores its timer
         val_psnr = trainer.callback_metrics.get("val/psnr")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -164,17 +177,17 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
 
 
 def start_from_weights(task: L.LightningModule, path: str) -> None:
-    """ckpt_path=PATH: a new run that starts from a checkpoint's network weights only (fresh
+    """init_weights=PATH: a new run that starts from a checkpoint's network weights only (fresh
     optimizer, scheduler and epoch count), for fine-tuning or training longer."""
-    network = refuse_other_network(path, task, CKPT_PATH_ADVICE)
+    network = refuse_other_network(path, task, INIT_WEIGHTS_ADVICE)
     task.model.load_state_dict(network.state_dict())
     log.info("Starting from the weights of %s (a new run: fresh optimizer state, epoch 0)", path)
 
 
-def refuse_other_network(path, task: L.LightningModule, advice: str):
+def refuse_other_network(path, task: L.LightningModule, advice: str, checkpoint=None):
     """The checkpoint's network, refused before any state is loaded if its settings differ from
     the one this run's config builds (an edited config, a checkpoint of another run)."""
-    network = load_network(path, task.name)
+    network = network_of(checkpoint or read_checkpoint(path), path, task.name)
     if network.config() != task.model.config():
         differs = sorted(k for k, v in network.config().items() if task.model.config()[k] != v)
         raise AelabError(
@@ -261,7 +274,8 @@ def write_results(
         "model": {**task.model.config(), **model_facts},
         "data": datamodule.split_sizes(),
         "best_checkpoint": str(Path(best).relative_to(output_dir)) if best else None,
-        "init_checkpoint": str(Path(cfg.ckpt_path).resolve()) if cfg.get("ckpt_path") else None,
+        "init_checkpoint": _resolved(cfg.get("init_weights")),  # the weights it started from
+        "continued_checkpoint": _resolved(cfg.get("ckpt_path")),  # the state it continued
     }
     (output_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     params = OmegaConf.to_container(cfg, resolve=True)
@@ -275,3 +289,7 @@ def write_results(
     log.info("Run dir: %s", output_dir)
     # Last: until "completed" is written, a stop leaves the run interrupted and resumable.
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _resolved(path) -> str | None:
+    return str(Path(str(path)).expanduser().resolve()) if path else None

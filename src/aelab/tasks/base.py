@@ -263,7 +263,7 @@ class AutoEncoderTask(L.LightningModule):
                 "itself (manual optimization); Lightning keeps that run's step count where "
                 "automatic optimization does not read it, so a resume would restart its step "
                 "count, step checkpoints and schedulers at 0. Start a new run from its weights "
-                "instead: python train.py ckpt_path=PATH (same model overrides), or evaluate it "
+                "instead: python train.py init_weights=PATH (same model overrides), or evaluate it "
                 "with python eval.py ckpt_path=PATH; in Python, "
                 "aelab.models.checkpoint.load_network(PATH, TASK) gives its network."
             )
