@@ -95,7 +95,7 @@ def test_fractions_that_leave_no_training_images_are_refused_early(tmp_path):
     ("override", "shown"),
     [
         ("loss=foo", "Available options in 'loss':\n\tbce\n\tce\n\tmse"),  # an unknown group option
-        ("trainer.max_epoch=3", "Key 'max_epoch' is not in struct"),  # a key typo
+        ("data.batchsize=3", "Key 'batchsize' is not in struct"),  # a key typo
         ("seed=[1", "no viable alternative"),  # not an override at all
     ],
 )
@@ -111,7 +111,8 @@ def test_hydras_own_errors_exit_2_with_hydras_message(override, shown, tmp_path,
     [
         (["loss=bcee"], "did you mean loss=bce?"),  # a group option
         (["hydra/launcher=jobib"], "did you mean hydra/launcher=joblib?"),  # a plugin's option
-        (["trainer.max_epoch=3"], "did you mean trainer.max_epochs=3?"),  # a key
+        (["data.batchsize=3"], "did you mean data.batch_size=3?"),  # a key
+        (["trainer.max_epoch=3"], "did you mean trainer.max_epochs?"),  # a Trainer argument
         (["los=mse"], "did you mean loss=mse?"),  # a group's name
         # a key of the task the command line chose, beside a sweep's list of values
         (

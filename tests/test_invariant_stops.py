@@ -250,7 +250,8 @@ def test_checkpoint_paths_are_saved_relative_and_read_back_into_the_loading_runs
     assert saved["callbacks"][key]["best_model_path"] == "best.ckpt"
     assert saving.best_model_path == str(old / "best.ckpt")  # the live state is the callback's
     for checkpoint in (absolute, saved):
-        paths.on_load_checkpoint(SimpleNamespace(checkpoint_callbacks=[loading]), None, checkpoint)
+        resuming = SimpleNamespace(checkpoint_callbacks=[loading], ckpt_path=str(new / "last.ckpt"))
+        paths.on_load_checkpoint(resuming, None, checkpoint)
         loading.load_state_dict(checkpoint["callbacks"][key])
         assert loading.best_model_path == str(new / "best.ckpt")
         assert loading.best_model_score == 0.5
