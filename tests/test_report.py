@@ -119,6 +119,7 @@ def test_every_figure_and_grid_the_report_links_is_a_png(sweep):
     report = (sweep / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert "figures/val_psnr_1_reconstruction.png" in links
+    assert "figures/rate_distortion_1_reconstruction.png" in links  # the max-pooled runs' codes
     assert {f"figures/loss_{job}.png" for job in LABELS} | {
         f"{job}/preview.png" for job in LABELS
     } <= set(links)
@@ -126,6 +127,15 @@ def test_every_figure_and_grid_the_report_links_is_a_png(sweep):
         with Image.open(sweep / link) as image:
             assert image.format == "PNG" and min(image.size) > 50
     assert "No curves logged" in report.split("### `4`")[1]
+
+
+def test_a_network_at_several_code_sizes_is_one_line_of_the_rate_distortion_figure():
+    from aelab.analysis.report import network_label
+
+    labels = ["model=resnet model.latent_channels=3", "model=resnet model.latent_channels=16"]
+    assert {network_label(label) for label in labels} == {"model=resnet"}
+    assert network_label("widths=wide") == "the default network"
+    assert network_label("loss=mse pooling=none") == "loss=mse pooling=none"
 
 
 def test_a_single_run_dir_gets_its_own_report(sweep, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
 
 from aelab.analysis.runs import Curve
 
@@ -64,6 +65,31 @@ def plot_curves(
         handles, labels, title=legend_title or None, fontsize="small",
         loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
     )  # fmt: skip
+    figure.savefig(path, dpi=100)
+
+
+def plot_rate_distortion(
+    series: dict[str, list[tuple[int, float]]], linear: list[tuple[int, float]], path: Path
+) -> None:
+    """Test PSNR against code size: one line per network (its runs at several code sizes), and
+    PCA's curve, the best linear code of each size, as the line to beat."""
+    figure = Figure(figsize=(7.5, 4.2))
+    figure.subplots_adjust(left=0.1, right=0.68, bottom=0.13, top=0.9)
+    axes = figure.subplots()
+    if linear:
+        sizes, psnr = zip(*sorted(linear), strict=True)
+        axes.plot(sizes, psnr, color="0.3", linestyle="--", marker="s", markersize=3, label="PCA")
+    for label, points in sorted(series.items()):
+        sizes, psnr = zip(*sorted(points), strict=True)
+        axes.plot(sizes, psnr, marker="o", markersize=4, label=textwrap.fill(label, 32))
+    axes.set_xscale("log", base=2)
+    ticks = sorted({k for points in [linear, *series.values()] for k, _ in points})
+    axes.set_xticks(ticks, [f"{k:,}" for k in ticks])
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set(title="reconstruction: test psnr against code size", xlabel="code size (values)")
+    axes.set(ylabel="test psnr (dB)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     figure.savefig(path, dpi=100)
 
 

@@ -30,7 +30,12 @@ from aelab.analysis.baselines import (
     recorded_splits,
     to_unit,
 )
-from aelab.analysis.figures import plot_curves, plot_image_grid, plot_losses
+from aelab.analysis.figures import (
+    plot_curves,
+    plot_image_grid,
+    plot_losses,
+    plot_rate_distortion,
+)
 from aelab.analysis.predict import colorize, load_colorizer
 from aelab.analysis.runs import (
     STATUSES,
@@ -71,6 +76,8 @@ PREVIEW_CAPTIONS = {
     "reconstruction": "val images (top) over their reconstructions (bottom)",
     "colorization": "rows: the gray input, the predicted colours, the true colours",
 }
+CODE_SIZES = {64, 192, 512, 1024}  # PCA's curve in the rate-distortion figure, beside the runs'
+CODE_SIZE_KEYS = ("model.latent_channels", "widths", "model.widths")  # overrides that set it
 FIGURE_IMAGES = 8  # test images in the colorization figure: the first of the test split
 DATA_KEYS = (
     "source",
@@ -104,6 +111,7 @@ class Baselines:
     rows: list[Row] = field(default_factory=list)
     bce_floor: float | None = None
     notes: list[str] = field(default_factory=list)
+    linear_curve: list[tuple[int, float]] = field(default_factory=list)  # PCA's (k, test psnr)
 
 
 @dataclass
@@ -332,7 +340,34 @@ def group_section(group: Group, labels: dict[str, str], directory: Path, chart: 
     if group.task == "colorization":
         grid = chart.with_name(chart.name.replace("val_psnr", "colorized"))
         lines += colorization_figure(group, labels, directory, grid)
+    else:
+        figure = chart.with_name(chart.name.replace("val_psnr", "rate_distortion"))
+        lines += rate_distortion_figure(done, baselines.linear_curve, directory, figure)
     return lines
+
+
+def rate_distortion_figure(
+    done: list[Row], linear: list[tuple[int, float]], directory: Path, path: Path
+) -> list[str]:
+    """Test PSNR against code size, a line per network and PCA's, where the runs have codes
+    smaller than the input (the figure an autoencoder study is about)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in done:
+        if row.latent_size in {k for k, _ in linear} and "psnr" in row.scores:
+            series.setdefault(network_label(row.label), []).append(
+                (row.latent_size, row.scores["psnr"])
+            )
+    if not series:
+        return []
+    plot_rate_distortion(series, linear, path)
+    return [f"![test psnr against code size]({_link(path, directory)})", ""]
+
+
+def network_label(label: str) -> str:
+    """A run's label without the overrides that set its code size: the runs of one network at
+    several code sizes share a line."""
+    kept = [o for o in label.split() if o.split("=", 1)[0].lstrip("+~") not in CODE_SIZE_KEYS]
+    return " ".join(kept) or "the default network"
 
 
 def colorization_figure(
@@ -402,8 +437,10 @@ def baselines_for(group: Group) -> Baselines:
         return Baselines(notes=[f"Baselines skipped: the runs' data could not be loaded. {error}"])
     test = to_unit(splits["test"])
     input_size = test[0].numel()
-    latent_sizes = [run.metrics["model"]["latent_size"] for run in done]
+    latent_sizes = {run.metrics["model"]["latent_size"] for run in done}
     cache_dir = Path(group.data["cache_dir"] or "~/.cache/aelab").expanduser()
+    computed = reconstruction_baselines(splits, sorted(latent_sizes | CODE_SIZES), cache_dir)
+    linear = [(b.latent_size, b.scores["psnr"]) for b in computed if b.name.startswith("PCA")]
     rows = [
         Row(
             "baseline",
@@ -414,7 +451,8 @@ def baselines_for(group: Group) -> Baselines:
             round(input_size / baseline.latent_size, 4),
             baseline.parameters,
         )
-        for baseline in reconstruction_baselines(splits, latent_sizes, cache_dir)
+        for baseline in computed
+        if not baseline.name.startswith("PCA") or baseline.latent_size in latent_sizes
     ]
     floor = binary_entropy_floor(test)
     notes = [
@@ -425,7 +463,7 @@ def baselines_for(group: Group) -> Baselines:
         f"({len(splits['train']):,} images); a code of {input_size:,} values or more copies the "
         "input exactly, so runs without a bottleneck get no PCA row.",
     ]
-    return Baselines(rows, floor, notes)
+    return Baselines(rows, floor, notes, linear)
 
 
 def colorization_baselines(done: list[Run]) -> Baselines:
