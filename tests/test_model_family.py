@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
+from aelab.models.autoencoder import bottleneck
 from aelab.tasks.ab_bins import bin_count, classifier_logits
 
 Q = bin_count()
@@ -17,7 +19,13 @@ Q = bin_count()
 # input (2 images of 32×32) with torch.manual_seed(0) initialisation.
 SEED_KEYS = [
     f"{part}.{index}.{kind}"
-    for part, index in [("encoder", 0), ("encoder", 3), ("encoder", 6), ("decoder", 1), ("decoder", 4)]
+    for part, index in [
+        ("encoder", 0),
+        ("encoder", 3),
+        ("encoder", 6),
+        ("decoder", 1),
+        ("decoder", 4),
+    ]
     for kind in ("weight", "bias")
 ]
 RECORDED = {
@@ -57,3 +65,137 @@ def test_the_seed_bin_head_is_unchanged():
         logits = classifier_logits(network, x[:, :1], 4)
     assert logits.shape == (2, Q, 8, 8)
     assert logits.double().sum().item() == pytest.approx(RECORDED_CE_STRIDE_4_SUM, rel=1e-5)
+
+
+# Each option alone, on top of the seed network's settings.
+OPTIONS = {
+    "norm=batch": {"norm": "batch"},
+    "norm=group": {"norm": "group"},
+    "blocks=2": {"blocks": 2},
+    "pooling=stride": {"pooling": "stride"},
+    "upsample_mode=transposed": {"upsample_mode": "transposed"},
+    "upsample_mode=pixelshuffle": {"upsample_mode": "pixelshuffle"},
+    "latent_channels=3": {"latent_channels": 3},
+    "skips": {"skips": True},
+    "skips, pooling=none": {"skips": True, "pooling": "none"},
+    "resnet": {
+        "widths": [16, 32],
+        "blocks": 1,
+        "pooling": "stride",
+        "norm": "batch",
+        "latent_channels": 3,
+        "upsample_mode": "transposed",
+    },
+    "unet": {"widths": [16, 32, 64], "skips": True, "norm": "batch", "upsample_mode": "bilinear"},
+}
+GRID = [
+    {"pooling": pooling, "upsample_mode": mode, "skips": skips, **extra}
+    for pooling in ("max", "stride", "none")
+    for mode in ("nearest", "transposed", "pixelshuffle")
+    for skips in (False, True)
+    for extra in ({}, {"norm": "group", "blocks": 1, "latent_channels": 5, "kernel_size": 5})
+]
+
+
+def family_network(channels: tuple[int, int], settings: dict) -> ConvAutoEncoder:
+    torch.manual_seed(0)
+    return ConvAutoEncoder(*channels, **{"widths": [4, 6, 8], **settings}).eval()
+
+
+@pytest.mark.parametrize("settings", [*OPTIONS.values(), *GRID], ids=[*OPTIONS, *map(str, GRID)])
+@pytest.mark.parametrize("channels", [(3, 3), (1, 2)])
+def test_every_option_keeps_the_image_size_and_the_code_its_stated_shape(channels, settings):
+    network = family_network(channels, settings)
+    for side in (32, 64):
+        x = torch.rand(2, channels[0], side, side)
+        with torch.no_grad():
+            assert network(x).shape == (1, channels[1], side, side)
+            assert tuple(network.encode(x).shape[1:]) == network.latent_shape(side, side)
+    assert network.pooling_stages == (0 if network.pooling == "none" else len(network.widths) - 1)
+
+
+@pytest.mark.parametrize("settings", OPTIONS.values(), ids=OPTIONS)
+def test_config_rebuilds_the_same_network(settings):
+    network = family_network((3, 3), settings)
+    clone = ConvAutoEncoder.from_config(network.config()).eval()
+    clone.load_state_dict(network.state_dict())
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(network(x), clone(x))
+
+
+def test_each_option_builds_what_it_names():
+    from torch import nn
+
+    from aelab.models.blocks import PixelShuffleUp, ResidualBlock, SkipMerge
+
+    def kinds(settings):
+        return {type(m) for m in family_network((3, 3), settings).modules()}
+
+    assert nn.BatchNorm2d in kinds({"norm": "batch"}) and nn.GroupNorm in kinds({"norm": "group"})
+    assert (
+        sum(isinstance(m, ResidualBlock) for m in family_network((3, 3), {"blocks": 2}).modules())
+        == 2 * 4
+    )
+    stride = kinds({"pooling": "stride"})
+    assert not stride & {nn.MaxPool2d, nn.AvgPool2d}
+    assert nn.ConvTranspose2d in kinds({"upsample_mode": "transposed"})
+    assert PixelShuffleUp in kinds({"upsample_mode": "pixelshuffle"}) - kinds({})
+    assert SkipMerge in kinds({"skips": True}) and SkipMerge not in kinds({})
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"norm": "layer"}, r"model\.norm=layer: model\.norm must be one of none, batch, group"),
+        ({"blocks": -1}, r"model\.blocks=-1: model\.blocks must be an integer ≥ 0"),
+        ({"latent_channels": 0}, r"model\.latent_channels=0: .* an integer ≥ 1"),
+        ({"pooling": "strided"}, r"did you mean stride\?"),
+        ({"upsample_mode": "transpose"}, r"did you mean transposed\?"),
+        ({"skips": True, "widths": [8]}, r"model\.skips=true needs at least two model\.widths"),
+    ],
+)
+def test_an_impossible_setting_is_refused_in_one_paragraph(settings, message):
+    with pytest.raises(AelabError, match=message) as error:
+        ConvAutoEncoder(**settings)
+    assert "\n" not in str(error.value)
+
+
+def test_latent_channels_sets_the_code_size_apart_from_the_widths():
+    for channels, values in ((3, 192), (16, 1024)):
+        network = ConvAutoEncoder(widths=[16, 32, 64], latent_channels=channels)
+        assert network.latent_shape(32, 32) == (channels, 8, 8)
+        facts = bottleneck(network, 32)
+        assert facts["latent_size"] == values and facts["has_bottleneck"]
+        assert f"latent {channels}×8×8 = {values:,} values" in facts["summary"]
+
+
+def test_skips_in_reconstruction_are_no_bottleneck_and_in_colorization_no_copy():
+    reconstructor = bottleneck(ConvAutoEncoder(skips=True, latent_channels=3), 32)
+    assert reconstructor["latent_size"] == 192 and not reconstructor["has_bottleneck"]
+    assert "NO bottleneck" in reconstructor["summary"]
+    assert "model.skips=true" in reconstructor["summary"]
+    colorizer = bottleneck(ConvAutoEncoder(1, 2, skips=True), 32)
+    assert (
+        "copy its input" not in colorizer["summary"] and "skips around it" in colorizer["summary"]
+    )
+    assert bottleneck(ConvAutoEncoder(), 32)["has_bottleneck"]  # without skips: as before
+
+
+def test_a_network_with_skips_has_no_decoder_of_its_own():
+    network = ConvAutoEncoder(skips=True)
+    with pytest.raises(AelabError, match="decodes from its encoder's stages"):
+        network.decode(network.encode(torch.rand(1, 3, 32, 32)))
+    with pytest.raises(AelabError, match="multiples of 2"):
+        network(torch.rand(1, 3, 30, 30))  # 30 → 15 → 7 → 14: the 15×15 stage cannot join
+
+
+@pytest.mark.parametrize("settings", OPTIONS.values(), ids=OPTIONS)
+def test_the_bin_head_works_with_every_option(settings):
+    network = family_network((1, Q), settings)
+    lightness = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(classifier_logits(network, lightness, 1), network(lightness))
+        for stride in (2, 4):
+            side = 32 // min(stride, 2**network.pooling_stages)
+            assert classifier_logits(network, lightness, stride).shape == (2, Q, side, side)
