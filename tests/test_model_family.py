@@ -4,13 +4,21 @@ size and the bottleneck as they are, tiles equal to one whole run, and the ce he
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 import torch
 
+from aelab.analysis.predict import Colorizer, conversion_for
+from aelab.config.schema import SCHEMAS, config_problems
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 from aelab.models.autoencoder import bottleneck
+from aelab.runtime.train import train
 from aelab.tasks.ab_bins import bin_count, classifier_logits
+from tests.conftest import compose_config
+from tests.test_invariant_photos import smooth_photo, tiled_and_whole
 
 Q = bin_count()
 
@@ -107,7 +115,7 @@ def family_network(channels: tuple[int, int], settings: dict) -> ConvAutoEncoder
 def test_every_option_keeps_the_image_size_and_the_code_its_stated_shape(channels, settings):
     network = family_network(channels, settings)
     for side in (32, 64):
-        x = torch.rand(2, channels[0], side, side)
+        x = torch.rand(1, channels[0], side, side)
         with torch.no_grad():
             assert network(x).shape == (1, channels[1], side, side)
             assert tuple(network.encode(x).shape[1:]) == network.latent_shape(side, side)
@@ -199,3 +207,79 @@ def test_the_bin_head_works_with_every_option(settings):
         for stride in (2, 4):
             side = 32 // min(stride, 2**network.pooling_stages)
             assert classifier_logits(network, lightness, stride).shape == (2, Q, side, side)
+
+
+TILED = {
+    "resnet, reconstruction": lambda: ConvAutoEncoder(
+        3, 3, [4, 6, 8], pooling="stride", upsample_mode="transposed", norm="batch", blocks=1,
+        latent_channels=3,
+    ),
+    "unet, pixel shuffle": lambda: Colorizer(
+        ConvAutoEncoder(1, 2, [4, 6, 8], upsample_mode="pixelshuffle", skips=True)
+    ),
+    "unet, ce stride 4": lambda: Colorizer(
+        ConvAutoEncoder(1, Q, [4, 6, 8], pooling="stride", skips=True, norm="batch"), True, 0.38, 4
+    ),
+    "blocks, pixel shuffle, ce stride 2": lambda: Colorizer(
+        ConvAutoEncoder(1, Q, [4, 6, 8], upsample_mode="pixelshuffle", blocks=1, kernel_size=5),
+        True, 0.38, 2,
+    ),
+    "skips without pooling": lambda: ConvAutoEncoder(3, 3, [4, 6], pooling="none", skips=True),
+}  # fmt: skip
+
+
+def strong(network):
+    """The network in eval mode with large random weights: a seam would show."""
+    torch.manual_seed(0)
+    network = network()
+    module = network.network if isinstance(network, Colorizer) else network
+    for parameter in module.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    module.eval()
+    return network
+
+
+@pytest.mark.parametrize("name", TILED)
+def test_tiles_equal_one_whole_run_for_the_new_layers(name, tmp_path):
+    network = strong(TILED[name])
+    path = smooth_photo(tmp_path / "photo.png", 40, 53)
+    many = lambda tiling: {"core": max(2 * tiling.multiple, 8)}  # noqa: E731
+    tiled, whole, tiles = tiled_and_whole(network, path, many, finish=lambda x: x)
+    assert tiles >= 12 and tiled.min() >= 0
+    assert (tiled - whole).abs().max() < 5e-4
+
+
+def test_a_group_normed_network_runs_whole_or_is_refused(tmp_path):
+    """Group norm's statistics span the image: tiles cannot equal one run, so there is one."""
+    network = strong(lambda: Colorizer(ConvAutoEncoder(1, 2, [4, 6, 8], norm="group")))
+    tiling = conversion_for(network).tiling
+    assert tiling.whole and tiling.margin == 0 and tiling.core >= 256
+    path = smooth_photo(tmp_path / "photo.png", 40, 53)
+    tiled, whole, tiles = tiled_and_whole(network, path, lambda t: {}, finish=lambda x: x)
+    assert tiles == 1 and (tiled - whole).abs().max() < 5e-4
+    with pytest.raises(AelabError, match=r"normalises over the whole image.* at most 32 pixels"):
+        tiled_and_whole(network, path, lambda t: {"core": 32}, finish=lambda x: x)
+
+
+def test_a_run_states_the_chosen_code_and_the_skips_in_its_start_line_and_metrics(
+    smoke_overrides, tmp_path, caplog
+):
+    """++: the settings may or may not be listed in the model node the run composes."""
+    settings = ["++model.latent_channels=3", "++model.skips=true", "++model.norm=batch"]
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*smoke_overrides, "logger=none", "pooling=max", *settings], run_dir)
+    with caplog.at_level(logging.INFO, logger="aelab"):
+        train(cfg, run_dir)
+    model = json.loads((run_dir / "metrics.json").read_text())["model"]
+    assert model["latent_shape"] == [3, 8, 8] and model["latent_size"] == 192
+    assert not model["has_bottleneck"] and "NO bottleneck" in model["summary"]
+    assert (model["skips"], model["norm"], model["latent_channels"]) == (True, "batch", 3)
+    (start,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Model: ")]
+    assert "latent 3×8×8 = 192 values" in start and "NO bottleneck" in start
+
+
+def test_the_schema_refuses_a_bad_family_setting_before_torch_loads(tmp_path):
+    problems = config_problems(
+        compose_config(["++model.norm=layer", "++model.blocks=-1"], tmp_path), SCHEMAS["train"]
+    )
+    assert [p.split(":")[0] for p in problems] == ["model.norm=layer", "model.blocks=-1"]
