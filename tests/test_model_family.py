@@ -283,3 +283,16 @@ def test_the_schema_refuses_a_bad_family_setting_before_torch_loads(tmp_path):
         compose_config(["++model.norm=layer", "++model.blocks=-1"], tmp_path), SCHEMAS["train"]
     )
     assert [p.split(":")[0] for p in problems] == ["model.norm=layer", "model.blocks=-1"]
+
+
+FAMILY_KEYS = ("norm", "blocks", "latent_channels", "skips")
+
+
+def test_a_saved_config_from_before_the_family_rebuilds_the_seed_network():
+    network, x = seeded(3, 3)
+    saved = {k: v for k, v in network.config().items() if k not in FAMILY_KEYS}
+    clone = ConvAutoEncoder.from_config(saved)
+    clone.load_state_dict(network.state_dict())
+    assert clone.config() == network.config()
+    with torch.no_grad():
+        assert torch.equal(clone(x), network(x))
