@@ -296,3 +296,13 @@ def test_a_saved_config_from_before_the_family_rebuilds_the_seed_network():
     assert clone.config() == network.config()
     with torch.no_grad():
         assert torch.equal(clone(x), network(x))
+
+
+def test_stating_the_bin_heads_shape_leaves_batch_norms_statistics_alone():
+    from aelab.tasks import ColorizationTask
+
+    task = ColorizationTask(ConvAutoEncoder(1, Q, norm="batch"), loss="ce")
+    before = {key: value.clone() for key, value in task.state_dict().items()}
+    assert f"{Q} bin logits at 8×8" in task.target_phrase(32)
+    assert all(torch.equal(value, before[key]) for key, value in task.state_dict().items())
+    assert task.training and task.model.encoder[1].training  # back in the mode it was in
