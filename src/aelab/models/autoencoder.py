@@ -54,9 +54,18 @@ class ConvAutoEncoder(nn.Module):
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
-        check_arguments("model", widths=widths, kernel_size=kernel_size, pooling=pooling)
-        check_arguments("model", upsample_mode=upsample_mode, activation=activation, norm=norm)
-        check_arguments("model", blocks=blocks, latent_channels=latent_channels, skips=skips)
+        check_arguments(
+            "model",
+            widths=widths,
+            kernel_size=kernel_size,
+            pooling=pooling,
+            upsample_mode=upsample_mode,
+            activation=activation,
+            norm=norm,
+            blocks=blocks,
+            latent_channels=latent_channels,
+            skips=skips,
+        )
         if skips and len(widths) < 2:
             raise AelabError(
                 f"model.skips=true needs at least two model.widths (got {widths}): skips join "
@@ -180,9 +189,7 @@ class ConvAutoEncoder(nn.Module):
             if isinstance(layer, SkipSource):
                 stages.append(x)
         upsamplings = [i for i, layer in enumerate(self.decoder) if isinstance(layer, UPSAMPLERS)]
-        left_out = set(
-            upsamplings[len(upsamplings) - min(upsamplings_left_out, len(upsamplings)) :]
-        )
+        left_out = set(upsamplings[::-1][:upsamplings_left_out])  # the last ones
         for index, layer in enumerate(self.decoder):
             if isinstance(layer, SkipMerge):
                 x = layer(x, stages.pop())
