@@ -1,8 +1,10 @@
 """The words each choice-valued setting takes, and the defaults code and config share, in one
 torch-free place: the config schema checks them before torch loads, the code builds from them."""
 
-POOLINGS = ("max", "avg", "none")
-UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
+POOLINGS = ("max", "avg", "stride", "none")  # stride: a learned 2×2 conv of stride 2
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+UPSAMPLE_MODES = (*INTERPOLATIONS, "transposed", "pixelshuffle")  # the last two are learned
+NORMS = ("none", "batch", "group")
 ACTIVATIONS = ("relu", "gelu", "silu", "leaky_relu")
 REGRESSION_LOSSES = ("bce", "mse")  # per-value losses on targets in [0, 1]
 CLASSIFICATION_LOSSES = ("ce",)  # over quantized ab (aelab.tasks.ab_bins): colorization only

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aelab.errors import AelabError
+
 if TYPE_CHECKING:  # boxes and tilings are torch-free: aelab.analysis.photos checks inputs early
     from aelab.models import ConvAutoEncoder
 
@@ -57,9 +59,18 @@ class Tiling:
     multiple: int  # 2^poolings: every core, margin and window edge is a multiple of it
     core: int  # a core's side
     margin: int  # context on each side of a core
+    whole: bool = False  # the network sees the whole image: one window, at most core × core
 
     def rows(self, height: int, width: int) -> Iterator[list[Tile]]:
         """The tiles of a height × width image, a band of rows at a time, top to bottom."""
+        if self.whole and max(height, width) > self.core:
+            raise AelabError(
+                f"This network normalises over the whole image (model.norm=group), so it cannot "
+                f"be run in tiles, and a {width}×{height} photo is larger than the "
+                f"{self.core}×{self.core} pixels one run may take within the memory bound. "
+                f"Resize the photo to at most {self.core} pixels a side, or use a network "
+                "trained with model.norm=batch or none."
+            )
         padded = (_round_up(height, self.multiple), _round_up(width, self.multiple))
         for top in range(0, height, self.core):
             yield [
@@ -76,26 +87,42 @@ class Tiling:
             ]
 
 
-def receptive_radius(network: ConvAutoEncoder, stride: int = 1) -> int:
+def receptive_radius(network: ConvAutoEncoder, stride: int = 1) -> int | None:
     """An upper bound, in input pixels, on how far an output pixel sees: each conv reaches its
-    kernel's half, each pooling one pixel of its coarser scale, each upsampling one (nearest), two
-    (bilinear) or three (bicubic) of its input's. A classifying colorizer leaves out its last
-    log2(stride) upsamplings, as classifier_logits does, then upsamples bilinearly from there."""
+    kernel's half (a strided one its kernel, then a pixel of its coarser scale), each 2×2 pooling
+    one pixel of its coarser scale, each upsampling one (nearest, transposed, pixel shuffle), two
+    (bilinear) or three (bicubic) of its input's. A classifying colorizer leaves out its last log2(stride) upsamplings, as
+    classifier_logits does, then upsamples bilinearly from there. Skips add nothing: a stage's
+    output sees less than the deeper path it joins. None when a layer normalises over the whole
+    image (group norm): no margin makes a tile see what the whole run sees."""
     from torch import nn  # the network's layers: torch is loaded by whoever built it
 
+    upsampling = (nn.Upsample, nn.ConvTranspose2d, nn.PixelShuffle)
+    layers = [
+        layer
+        for part in (network.encoder, network.decoder)
+        for layer in part.modules()
+        if not any(True for _ in layer.children())
+    ]
+    if any(isinstance(layer, nn.GroupNorm | nn.LayerNorm | nn.InstanceNorm2d) for layer in layers):
+        return None
     skipped = min(max(stride.bit_length() - 1, 0), network.pooling_stages)
-    upsamplings = sum(isinstance(layer, nn.Upsample) for layer in network.decoder)
+    upsamplings = sum(isinstance(layer, upsampling) for layer in layers)
     radius, scale, seen = 0, 1, 0
-    for layer in (*network.encoder, *network.decoder):
-        if isinstance(layer, nn.Conv2d):
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d) and layer.stride[0] == 1:
             radius += layer.kernel_size[0] // 2 * scale
         elif isinstance(layer, nn.MaxPool2d | nn.AvgPool2d):
             scale *= 2
             radius += scale
-        elif isinstance(layer, nn.Upsample):
+        elif isinstance(layer, nn.Conv2d):  # strided: its kernel at this scale, then the coarser
+            radius += (layer.kernel_size[0] - 1) * scale
+            scale *= layer.stride[0]
+            radius += scale
+        elif isinstance(layer, upsampling):
             seen += 1
             if seen <= upsamplings - skipped:
-                radius += UPSAMPLE_REACH[layer.mode] * scale
+                radius += UPSAMPLE_REACH.get(getattr(layer, "mode", None), 1) * scale
                 scale //= 2
     return radius + UPSAMPLE_REACH["bilinear"] * scale if scale > 1 else radius
 
@@ -105,13 +132,21 @@ def tiling_for(
 ) -> Tiling:
     """Cores as large as `budget` bytes allow for one window's activations (the widest layer at
     full resolution; a classifier's `classes` logits at 1/stride²) and its core's conversion;
-    at least twice the margin, so that no window is more than 4 times its core."""
+    at least twice the margin, so that no window is more than 4 times its core. A network that
+    sees the whole image gets one window, as large as the budget allows."""
+    from torch import nn
+
     multiple = 2**network.pooling_stages
-    margin = _round_up(receptive_radius(network, stride), multiple)
+    radius = receptive_radius(network, stride)
+    margin = 0 if radius is None else _round_up(radius, multiple)
     head = math.ceil(classes / min(stride, multiple) ** 2) if classes else network.out_channels
-    widest = max(*network.widths, network.in_channels, head)
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    hidden = [c for conv in convs[:-1] for c in (conv.in_channels, conv.out_channels)]
+    widest = max(*hidden, convs[-1].in_channels, network.in_channels, head)
     per_pixel = FLOAT_BYTES * LIVE_TENSORS * widest + FINISH_BYTES
     window = math.isqrt(budget // per_pixel)
+    if radius is None:
+        return Tiling(multiple, max(window // multiple * multiple, multiple), 0, whole=True)
     core = max((window - 2 * margin) // multiple * multiple, 2 * margin, multiple)
     return Tiling(multiple, core, margin)
 

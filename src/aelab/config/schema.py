@@ -25,6 +25,7 @@ from aelab.choices import (
     CLASSIFICATION_LOSSES,
     DEFAULT_TEMPERATURE,
     EVAL_SPLITS,
+    NORMS,
     POOLINGS,
     REGRESSION_LOSSES,
     SOURCES,
@@ -50,6 +51,7 @@ Split = choices("Split", SPLITS)
 Pooling = choices("Pooling", POOLINGS)
 UpsampleMode = choices("UpsampleMode", UPSAMPLE_MODES)
 Activation = choices("Activation", ACTIVATIONS)
+Norm = choices("Norm", NORMS)
 Loss = choices("Loss", REGRESSION_LOSSES + CLASSIFICATION_LOSSES)
 EvalSplit = choices("EvalSplit", EVAL_SPLITS)
 
@@ -104,6 +106,23 @@ class ModelSchema:
     pooling: Pooling = Pooling.max
     upsample_mode: UpsampleMode = UpsampleMode.nearest
     activation: Activation = Activation.relu
+    norm: Norm = Norm.none
+    blocks: int = field(
+        default=0,
+        metadata=rule(
+            "an integer ≥ 0 (residual blocks after each hidden conv; 0: one conv per stage)",
+            lambda v: v >= 0,
+        ),
+    )
+    latent_channels: int | None = field(
+        default=None,
+        metadata=rule(
+            "an integer ≥ 1 (a 1×1 conv makes the code that many channels) or null (the last "
+            "width's)",
+            lambda v: v is None or v >= 1,
+        ),
+    )
+    skips: bool = False
 
 
 TEMPERATURE = rule(

@@ -208,15 +208,7 @@ def classifier_logits(
     """The network's bin logits at 1/stride of the input's size: its last log2(stride)
     upsamplings left out (as many as it has), so the Q-channel head runs on fewer pixels; the
     decoded ab is upsampled instead (decode_bins)."""
-    skip = max(int(stride).bit_length() - 1, 0)
-    layers = list(network.decoder)
-    upsamplings = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample)]
-    for index in reversed(upsamplings[len(upsamplings) - skip :] if skip else []):
-        del layers[index]
-    hidden = network.encoder(lightness)
-    for layer in layers:
-        hidden = layer(hidden)
-    return hidden
+    return network(lightness, upsamplings_left_out=max(int(stride).bit_length() - 1, 0))
 
 
 def decode_bins(logits: torch.Tensor, temperature: float, size: tuple[int, int]) -> torch.Tensor:

@@ -73,9 +73,16 @@ class ColorizationTask(AutoEncoderTask):
         image's side (at full size without upsamplings to leave out): their shape, measured."""
         if not self.classifies:
             return None
-        with torch.no_grad():
-            lightness = torch.zeros(1, self.in_channels, image_size, image_size, device=self.device)
-            bins, height, width = self(lightness).shape[1:]
+        training = self.training
+        self.eval()  # a measurement: batch norm's running statistics stay as they were
+        try:
+            with torch.no_grad():
+                lightness = torch.zeros(
+                    1, self.in_channels, image_size, image_size, device=self.device
+                )
+                bins, height, width = self(lightness).shape[1:]
+        finally:
+            self.train(training)
         side = (
             "the image's size"
             if height == image_size
