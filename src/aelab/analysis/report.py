@@ -40,6 +40,7 @@ from aelab.analysis.runs import (
     find_runs,
     read_json,
 )
+from aelab.config.trusted import trusting
 from aelab.data.color import lab_normalized_to_rgb, rgb_to_lab_normalized
 from aelab.errors import AelabError
 from aelab.runtime.sweeps import SweepJob, jobs_not_run
@@ -118,10 +119,18 @@ class Group:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a run dir or a multirun dir")
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module whose network the runs may name: your own (docs/custom_network.md)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        path = write_report(args.directory)
+        with trusting(args.trust):
+            path = write_report(args.directory)
     except AelabError as error:
         print(f"\naelab: {error}\n", file=sys.stderr)
         return 2
@@ -375,7 +384,13 @@ def run_row(run: Run, label: str) -> Row:
         return Row(run.name, label, run.status, note=detail)
     model = run.metrics.get("model", {})
     bottleneck = model.get("has_bottleneck", True)
-    no_bottleneck = "" if bottleneck else "no bottleneck: the code is no smaller than the input"
+    no_bottleneck = (
+        "code size unknown: the network has no encode()"
+        if bottleneck is None
+        else ""
+        if bottleneck
+        else "no bottleneck: the code is no smaller than the input"
+    )
     note = "; ".join(filter(None, [no_bottleneck, run.detail]))  # detail: an unreadable timing.json
     scores = {key: value for key, value in run.metrics.get("test", {}).items() if "/" not in key}
     return Row(
@@ -403,6 +418,7 @@ def baselines_for(group: Group) -> Baselines:
     test = to_unit(splits["test"])
     input_size = test[0].numel()
     latent_sizes = [run.metrics["model"]["latent_size"] for run in done]
+    latent_sizes = [size for size in latent_sizes if size is not None]  # None: unknown
     cache_dir = Path(group.data["cache_dir"] or "~/.cache/aelab").expanduser()
     rows = [
         Row(

@@ -1,5 +1,8 @@
 """A network run over an image of any size in tiles whose result equals one run over the whole.
 
+A custom network's receptive radius is unknown, so it is run untiled, on images up to
+UNTILED_SIDE pixels a side; larger ones are refused before any work.
+
 The image is padded (replicating its edge) to a multiple of 2^poolings, as one run would pad it,
 and cut into cores, each a multiple of 2^poolings so that every tile's pooling grid is the whole
 image's. Each core is run with a margin of context around it, at least the network's receptive
@@ -14,12 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aelab.errors import AelabError
+
 if TYPE_CHECKING:  # boxes and tilings are torch-free: aelab.analysis.photos checks inputs early
+    from torch import nn
+
     from aelab.models import ConvAutoEncoder
 
 FLOAT_BYTES = 4
 LIVE_TENSORS = 4  # a layer's input and output, the caller's copy and the kernel's scratch
 FINISH_BYTES = 240  # per core pixel: Lab → RGB with its gamut bisection, float32 temporaries
+UNTILED_SIDE = 1024  # a custom network's largest image side: run whole, its context unknown
 UPSAMPLE_REACH = {"nearest": 1, "bilinear": 2, "bicubic": 3}  # input pixels an output one reads
 
 
@@ -57,6 +65,16 @@ class Tiling:
     multiple: int  # 2^poolings: every core, margin and window edge is a multiple of it
     core: int  # a core's side
     margin: int  # context on each side of a core
+    untiled: bool = False  # one core, the whole image: a network whose reach is unknown
+
+    def refuse_oversize(self, height: int, width: int, name: str) -> None:
+        """An untiled network runs on the whole image: one larger than its core is refused."""
+        if self.untiled and max(height, width) > self.core:
+            raise AelabError(
+                f"{name} is {width}×{height} pixels; a custom network's receptive field is "
+                "unknown to aelab, so it cannot be run in seamless tiles and runs on the whole "
+                f"image, up to {self.core} pixels a side. Resize the image to fit."
+            )
 
     def rows(self, height: int, width: int) -> Iterator[list[Tile]]:
         """The tiles of a height × width image, a band of rows at a time, top to bottom."""
@@ -101,11 +119,17 @@ def receptive_radius(network: ConvAutoEncoder, stride: int = 1) -> int:
 
 
 def tiling_for(
-    network: ConvAutoEncoder, budget: int, stride: int = 1, classes: int | None = None
+    network: nn.Module, budget: int, stride: int = 1, classes: int | None = None
 ) -> Tiling:
     """Cores as large as `budget` bytes allow for one window's activations (the widest layer at
     full resolution; a classifier's `classes` logits at 1/stride²) and its core's conversion;
-    at least twice the margin, so that no window is more than 4 times its core."""
+    at least twice the margin, so that no window is more than 4 times its core. A custom
+    network runs untiled (its reach is unknown), its image side bounded by UNTILED_SIDE."""
+    from aelab.models.network import is_custom, size_multiple
+
+    if is_custom(network):
+        multiple = size_multiple(network)
+        return Tiling(multiple, UNTILED_SIDE // multiple * multiple, 0, untiled=True)
     multiple = 2**network.pooling_stages
     margin = _round_up(receptive_radius(network, stride), multiple)
     head = math.ceil(classes / min(stride, multiple) ** 2) if classes else network.out_channels
