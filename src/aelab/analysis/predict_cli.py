@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.progress import track
 
 from aelab.analysis.photos import open_photo, turned_upright
-from aelab.config.trusted import trusting
+from aelab.config.trusted import add_trust_option, trusting
 from aelab.errors import AelabError
 
 
@@ -110,13 +110,7 @@ def parser(task: str, verb: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace PNGs already in --out-dir (never inputs)"
     )
-    parser.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="a module whose network the checkpoint may name: your own (docs/custom_network.md)",
-    )
+    add_trust_option(parser)
     if task == "colorization":
         parser.add_argument(
             "--temperature",

@@ -40,7 +40,7 @@ from aelab.analysis.runs import (
     find_runs,
     read_json,
 )
-from aelab.config.trusted import trusting
+from aelab.config.trusted import add_trust_option, trusting
 from aelab.data.color import lab_normalized_to_rgb, rgb_to_lab_normalized
 from aelab.errors import AelabError
 from aelab.runtime.sweeps import SweepJob, jobs_not_run
@@ -119,13 +119,7 @@ class Group:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a run dir or a multirun dir")
-    parser.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="a module whose network the runs may name: your own (docs/custom_network.md)",
-    )
+    add_trust_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -44,6 +44,7 @@ CODE_KEYS = ("_target_", "_instantiator")
 # What would change Hydra itself (its callbacks, logging, search path, what it composes) in a
 # config that Hydra loads as its primary config, as resume= has it do.
 HYDRA_KEYS = ("hydra", "defaults")
+CANNOT_IMPORT = "cannot be imported"
 HEADER_DIRECTIVE = re.compile(r"^\s*#\s*@", re.MULTILINE)  # `# @package hydra` moves the file
 # A run's config holds a few hundred lists and mappings, 4 deep; more is a reference loop or a
 # config that grows when resolved (each level referring twice to the one before).
@@ -71,6 +72,19 @@ def trusting(modules: Sequence[str]) -> Iterator[None]:
     finally:
         for module in modules:
             _USER_TRUSTED.remove(module)
+
+
+def add_trust_option(parser) -> None:
+    """The scripts' --trust MODULE (repeatable): the modules of your own networks that the
+    checkpoints and run dirs they read may name; use as `with trusting(args.trust):`."""
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module of your own network that the checkpoints or runs may name "
+        "(docs/custom_network.md); repeatable",
+    )
 
 
 def trusted_now() -> tuple[str, ...]:
@@ -190,6 +204,13 @@ def _refuse_untrusted_name(
         )
     name = node[key]
     problem = untrusted_because(name, trusted_modules)
+    if problem == CANNOT_IMPORT and name not in TRUSTED_ALIASES and _within(name, trusted_modules):
+        raise AelabError(
+            f"{source}: {where} names {name!r}, of a module you trust, which cannot be imported "
+            "here. Make its package importable: install it, or run with PYTHONPATH=DIR (DIR "
+            "holding the package; train.py and eval.py find packages beside them, scripts/*.py "
+            "do not). Nothing was built."
+        )
     if problem:
         raise AelabError(
             f"{source}: {where} names {name!r}, which {problem}. A run dir or a checkpoint may "
@@ -212,7 +233,7 @@ def untrusted_because(name: Any, trusted_modules: Sequence[str] | None = None) -
     try:
         located = locate(name)
     except Exception:  # ImportError, AttributeError, or an error of a trusted module's import
-        return "cannot be imported"
+        return CANNOT_IMPORT
     if not isinstance(located, type):
         return f"is a {type(located).__name__}, not a class"
     if not _within(located.__module__, trusted_modules):
