@@ -219,24 +219,35 @@ def test_a_plugin_run_is_evaluated_resumed_and_reconstructed(plugin_run, tmp_pat
     assert json.loads((stopped / "metrics.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.parametrize("start", ["init_weights", "ckpt_path"])
-def test_a_new_run_starts_from_a_plugin_checkpoint(plugin_run, tmp_path, start):
-    """The new run's own config names the network: its module is trusted without being named."""
+def smoke_on_plugin_data(plugin_run: Path) -> list[str]:
     data = OmegaConf.load(plugin_run / ".hydra" / "config.yaml").data
-    epochs = "trainer.max_epochs=3" if start == "ckpt_path" else "trainer.max_epochs=1"
+    return [
+        *("debug=smoke", "data=folder", f"data.root={data.root}", "data.subset=null"),
+        *(f"paths.cache_dir={data.cache_dir}", "trainer.accelerator=cpu", "~local"),
+    ]
+
+
+@pytest.mark.parametrize(("start", "epochs"), [("init_weights", 1), ("ckpt_path", 3)])
+def test_a_new_run_starts_from_a_plugin_checkpoint(plugin_run, tmp_path, start, epochs):
+    """The new run's own config names the network: its module is trusted without being named."""
+    last = plugin_run / "checkpoints" / "last.ckpt"
     result = run_cli(
-        *("debug=smoke", "data=folder", f"data.root={data.root}", "data.subset=null", epochs),
-        *(f"paths.cache_dir={data.cache_dir}", "trainer.accelerator=cpu", "~local", *PLUGIN),
-        f"{start}={plugin_run / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    )
+        *smoke_on_plugin_data(plugin_run), *PLUGIN, f"trainer.max_epochs={epochs}",
+        f"{start}={last}", f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    other = run_cli(
-        *("debug=smoke", "data=folder", f"data.root={data.root}", "~local", epochs),
-        f"{start}={plugin_run / 'checkpoints' / 'last.ckpt'}",  # the seed network's config
-        f"hydra.run.dir={tmp_path / 'other'}",
-    )
-    assert other.returncode == 2 and "names 'tests.plugins.tiny_net.TinyNet'" in other.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    key = "init_checkpoint" if start == "init_weights" else "continued_checkpoint"
+    assert metrics[key] == str(last) and metrics["model"]["_target_"] == TINY
+
+
+def test_a_seed_run_does_not_read_a_plugin_checkpoint(plugin_run, tmp_path):
+    """A config that names the seed network trusts no other module: the checkpoint is refused."""
+    result = run_cli(
+        *smoke_on_plugin_data(plugin_run), f"init_weights={plugin_run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert result.returncode == 2 and "names 'tests.plugins.tiny_net.TinyNet'" in result.stderr
 
 
 def test_a_colorization_plugin_with_loss_ce_is_colorized(tmp_path):

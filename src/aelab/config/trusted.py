@@ -87,6 +87,11 @@ def add_trust_option(parser) -> None:
     )
 
 
+def user_trusted() -> tuple[str, ...]:
+    """The modules the user named for this process (trusting()), aelab's left out."""
+    return tuple(_USER_TRUSTED)
+
+
 def trusted_now() -> tuple[str, ...]:
     """aelab's trusted modules and those the user named for this process (trusting())."""
     return (*TRUSTED_MODULES, *_USER_TRUSTED)
