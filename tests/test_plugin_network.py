@@ -31,7 +31,7 @@ from aelab.runtime.resume import resume_arguments
 from aelab.runtime.run_config import load_run_config
 from aelab.tasks import ColorizationTask, ReconstructionTask
 from aelab.tasks.ab_bins import bin_count
-from tests.conftest import run_cli, run_entry, write_images
+from tests.conftest import REPO, run_cli, run_entry, write_images
 from tests.plugins.tiny_net import TinyNet
 
 TINY = "tests.plugins.tiny_net.TinyNet"
@@ -84,7 +84,7 @@ def test_the_code_size_is_measured_by_encode_or_said_unknown():
     assert (facts["latent_shape"], facts["latent_size"]) == ([4, 16, 16], 1024)
     assert facts["summary"].startswith("latent 4×16×16 = 1,024 values")
     plain = build_network(
-        {"_target_": "tests.plugins.tiny_net.NoCodeNet", "in_channels": 3, "out_channels": 3}
+        {"_target_": "tests.plugins.misfits.NoCodeNet", "in_channels": 3, "out_channels": 3}
     )
     facts = network_facts(plain, 32)
     assert facts["latent_size"] is None and "code size unknown" in facts["summary"]
@@ -92,20 +92,10 @@ def test_the_code_size_is_measured_by_encode_or_said_unknown():
 
 
 def test_a_plugin_whose_output_is_not_the_image_size_is_refused_before_training():
-    class Halving(nn.Module):
-        def __init__(self, in_channels: int, out_channels: int) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
-
-        def forward(self, x):
-            return self.conv(x)
-
-    network = Halving(3, 3)
-    spec = {"_target_": f"{__name__}.Halving", "in_channels": 3, "out_channels": 3}
-    from aelab.models import network as networks
-
-    networks._BUILT_FROM[network] = spec  # as build_network records it
-    with pytest.raises(AelabError, match=r"the task needs \(1, 3, 32, 32\)"):
+    network = build_network(
+        {"_target_": "tests.plugins.misfits.HalvingNet", "in_channels": 3, "out_channels": 3}
+    )
+    with pytest.raises(AelabError, match=r"\(1, 3, 16, 16\); the task needs \(1, 3, 32, 32\)"):
         check_output_size(network, 32)
 
 
@@ -272,3 +262,10 @@ def test_a_colorization_plugin_with_loss_ce_is_colorized(tmp_path):
 def test_network_spec_of_the_seed_network_is_its_config():
     network = built()
     assert network_spec(network) == {**SEED_NODE, "in_channels": 3, "out_channels": 3}
+
+
+def test_the_network_on_the_docs_page_is_the_one_tested():
+    page = (REPO / "docs" / "custom_network.md").read_text()
+    shown = page.split("```python\n", 1)[1].split("```", 1)[0]
+    source = (REPO / "tests" / "plugins" / "tiny_net.py").read_text()
+    assert source.endswith(shown) and len(shown.splitlines()) <= 30

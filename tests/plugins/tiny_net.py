@@ -27,14 +27,3 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.decoder(self.encoder(x))
-
-
-class NoCodeNet(nn.Module):
-    """A network without encode(): its code size is unknown."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)

@@ -82,6 +82,16 @@ def network_spec(network: nn.Module) -> dict:
     )
 
 
+def spec_differences(saved: dict, built: dict) -> str:
+    """The settings in which two network specs differ, as `key: saved vs built`; '' if none."""
+    keys = sorted(set(saved) | set(built), key=str)
+    return ", ".join(
+        f"{k}: {saved.get(k, '(none)')} vs {built.get(k, '(none)')}"
+        for k in keys
+        if saved.get(k) != built.get(k)
+    )
+
+
 def channels(spec: Mapping) -> tuple[object, object]:
     """The (in, out) channels a spec builds: every network the tasks train takes both."""
     return spec.get("in_channels"), spec.get("out_channels")

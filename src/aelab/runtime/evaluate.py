@@ -23,10 +23,10 @@ from aelab.data import identity
 from aelab.data.batch_limits import check_every_loop_gets_a_batch
 from aelab.errors import AelabError
 from aelab.models.checkpoint import load_network, read_checkpoint
-from aelab.models.network import network_spec
+from aelab.models.network import network_spec, spec_differences
 from aelab.runtime.lifecycle import guarded
 from aelab.runtime.run_config import load_run_config
-from aelab.runtime.train import build, spec_differences
+from aelab.runtime.train import build
 
 log = logging.getLogger("aelab")
 

@@ -39,6 +39,7 @@ from aelab.models.network import (
     check_output_size,
     network_facts,
     network_spec,
+    spec_differences,
 )
 from aelab.runtime import continuation
 from aelab.runtime.checkpoint_io import AtomicCheckpointIO
@@ -224,16 +225,6 @@ def refuse_other_network(path, task: L.LightningModule, advice: str, checkpoint=
             f"{path} holds a network with other settings than this run's ({differs}). {advice}"
         )
     return network
-
-
-def spec_differences(saved: dict, built: dict) -> str:
-    """The settings in which two network specs differ, as `key: saved vs built`; '' if none."""
-    keys = sorted(set(saved) | set(built), key=str)
-    return ", ".join(
-        f"{k}: {saved.get(k, '(none)')} vs {built.get(k, '(none)')}"
-        for k in keys
-        if saved.get(k) != built.get(k)
-    )
 
 
 def build_trainer(cfg: DictConfig, resumes: bool = False) -> tuple[L.Trainer, list]:
