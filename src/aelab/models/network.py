@@ -28,8 +28,8 @@ def saved_spec(settings: object) -> dict:
     were plug-ins hold ConvAutoEncoder.config() alone, without a `_target_`."""
     if not isinstance(settings, Mapping):
         raise AelabError(
-            f"The network settings {settings!r} are not a mapping of a class and its arguments; "
-            "a checkpoint written by aelab holds one."
+            f"The network settings {settings!r} are not a ConvAutoEncoder's, nor any network's: "
+            "a checkpoint written by aelab holds a mapping of its class and arguments."
         )
     settings = dict(settings)
     return settings if "_target_" in settings else {"_target_": SEED_TARGET, **settings}
@@ -59,8 +59,9 @@ def build_network(spec: Mapping) -> nn.Module:
         network = network_class(**spec)
     except (TypeError, ValueError) as error:  # unknown keys, wrong types
         raise AelabError(
-            f"{target} cannot be built from the settings {spec!r} ({error}); a checkpoint "
-            "written by aelab holds its network's class and constructor arguments."
+            f"The network settings {spec!r} are not a {network_class.__name__}'s ({error}); "
+            f"they are {target}'s arguments: on the command line, give a missing one as "
+            "+model.KEY=VALUE."
         ) from None
     if not isinstance(network, ConvAutoEncoder):
         _BUILT_FROM[network] = {"_target_": target, **spec}
