@@ -47,6 +47,7 @@ SEED_NODE = {
     "activation": "relu",
 }
 SEED_PARAMETERS = 4_911
+SEED_OUTPUT_SUM = -95.66442108154297  # torch.manual_seed(0), the network, then rand(2, 3, 32, 32)
 
 
 def composed(*overrides: str):
@@ -66,6 +67,10 @@ def test_the_default_run_builds_the_seed_network_as_before():
     assert node == {**SEED_NODE, "pooling": "none", "widths": [32, 48, 64]}
     facts = network_facts(built(), 32)
     assert facts["latent_size"] == 1024 and facts["parameters"] == SEED_PARAMETERS
+    torch.manual_seed(0)
+    network = built()  # the same draws as ConvAutoEncoder() before the model group
+    output = network(torch.rand(2, 3, 32, 32)).sum().item()
+    assert output == pytest.approx(SEED_OUTPUT_SUM, abs=1e-4)
 
 
 def test_a_custom_network_receives_only_its_own_keys():

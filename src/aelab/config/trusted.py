@@ -59,7 +59,7 @@ def trusting(modules: Sequence[str]) -> Iterator[None]:
     """Within the block, saved configs and checkpoints may also name classes of `modules` (a
     user's own networks): what the user named on the command line or in Python, never what a
     saved file says."""
-    modules = list(modules or ())
+    modules = [modules] if isinstance(modules, str) else list(modules or ())
     for module in modules:
         if not isinstance(module, str) or not DOTTED_NAME.fullmatch(module):
             raise AelabError(
