@@ -104,6 +104,16 @@ def test_a_plugin_whose_output_is_not_the_image_size_is_refused_before_training(
         check_output_size(network, 32)
 
 
+def test_measuring_a_plugin_leaves_its_state_as_it_was():
+    spec = {"_target_": "tests.plugins.misfits.NormNet", "in_channels": 3, "out_channels": 3}
+    network = build_network(spec)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    check_output_size(network, 32)
+    assert network_facts(network, 32)["latent_size"] == 3 * 32 * 32
+    assert network.training
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+
+
 def test_a_built_plugin_without_its_spec_is_refused_by_the_task():
     with pytest.raises(
         AelabError, match=re.escape("model={'_target_': 'tests.plugins.tiny_net.TinyNet'")

@@ -23,3 +23,18 @@ class HalvingNet(nn.Module):
 
     def forward(self, x):
         return self.conv(x)
+
+
+class NormNet(nn.Module):
+    """A batch norm: a dummy batch run to measure it must leave its running statistics alone."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def encode(self, x):
+        return self.norm(x)
+
+    def forward(self, x):
+        return self.conv(self.norm(x))

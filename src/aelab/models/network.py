@@ -118,14 +118,25 @@ def check_output_size(network: nn.Module, image_size: int) -> None:
         return  # its size rule is checked from its settings (runtime.train.build)
     in_channels, out_channels = channels(network_spec(network))
     dummy = torch.zeros(1, in_channels, image_size, image_size)
-    with torch.no_grad():
-        shape = tuple(network(dummy).shape)
+    shape = tuple(probe(network, network, dummy).shape)
     wanted = (1, out_channels, image_size, image_size)
     if shape != wanted:
         raise AelabError(
             f"{network_spec(network)['_target_']} maps a {tuple(dummy.shape)} batch to "
             f"{shape}; the task needs {wanted}: out_channels at the image's size."
         )
+
+
+def probe(network: nn.Module, function, batch: torch.Tensor) -> torch.Tensor:
+    """function(batch) in eval mode without gradients, the network's mode restored after: a
+    dummy batch must not move a norm layer's running statistics before training."""
+    training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            return function(batch)
+    finally:
+        network.train(training)
 
 
 def network_facts(network: nn.Module, image_size: int, target: str | None = None) -> dict:
@@ -136,8 +147,7 @@ def network_facts(network: nn.Module, image_size: int, target: str | None = None
     in_channels = channels(network_spec(network))[0]
     encode = getattr(network, "encode", None)
     if callable(encode):
-        with torch.no_grad():
-            code = encode(torch.zeros(1, in_channels, image_size, image_size))
+        code = probe(network, encode, torch.zeros(1, in_channels, image_size, image_size))
         return bottleneck(MeasuredCode(network, tuple(code.shape[1:])), image_size, target=target)
     name = type(network).__name__
     return {
