@@ -284,3 +284,16 @@ def test_the_network_on_the_docs_page_is_the_one_tested():
     shown = page.split("```python\n", 1)[1].split("```", 1)[0]
     source = (REPO / "tests" / "plugins" / "tiny_net.py").read_text()
     assert source.endswith(shown) and len(shown.splitlines()) <= 30
+
+
+def test_a_resumed_sweep_passes_the_command_lines_trust_to_its_jobs(tmp_path, monkeypatch):
+    from aelab.runtime import resume
+
+    given = {}
+    monkeypatch.setattr(resume, "is_sweep_dir", lambda path: True)
+    monkeypatch.setattr(
+        resume, "continue_sweep", lambda *args: given.setdefault("args", args) and 0
+    )
+    with pytest.raises(SystemExit):
+        resume_arguments([f"resume={tmp_path}", TRUST])
+    assert given["args"][2] == "++trusted_modules=[tests.plugins]"
