@@ -184,6 +184,8 @@ def test_every_shipped_option_passes(tmp_path):
                 overrides.append("task=colorization")  # colorization's loss only
             if (group, option) == ("data", "folder"):
                 overrides.append(f"data.root={tmp_path}")  # a folder source needs its root
+            if (group, option) == ("model", "custom"):
+                overrides.append("model._target_=tests.plugins.tiny_net.TinyNet")  # yours, named
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
             assert config_problems(cfg, SCHEMAS["train"]) == [], (group, option)
 

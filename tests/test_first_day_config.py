@@ -30,8 +30,8 @@ def shipped_targets() -> set[str]:
         while stack:
             node = stack.pop()
             if isinstance(node, dict):
-                if isinstance(node.get("_target_"), str):
-                    found.add(node["_target_"])
+                if isinstance(node.get("_target_"), str) and node["_target_"] != "???":
+                    found.add(node["_target_"])  # ???: model=custom's, the user names it
                 stack += list(node.values())
     return found
 

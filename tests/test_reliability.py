@@ -302,6 +302,7 @@ def test_resume_rewrites_the_command_line_to_the_runs_own_config(tmp_path):
     assert resume_arguments([f"resume={run_dir}"]) == [
         f"--config-path={run_dir / '.hydra'}", "--config-name=config",
         f"hydra.run.dir='{run_dir}'", "hydra.output_subdir=null", "hydra.job.name=train",
+        "++trusted_modules=[]",  # the resume command line's, never the saved config's
         f"++resume='{run_dir}'",
     ]  # fmt: skip
 

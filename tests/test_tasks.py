@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
+from aelab.models.network import build_network
 from aelab.tasks import ReconstructionTask, metrics
 from aelab.tasks.losses import bce_loss, mse_loss
 
@@ -54,7 +55,7 @@ def test_checkpoint_carries_a_plain_description_of_the_network():
     task.on_save_checkpoint(checkpoint)
     assert checkpoint["aelab"]["task"] == "reconstruction"
     assert checkpoint["aelab"]["loss"] == "mse"
-    assert ConvAutoEncoder(**checkpoint["aelab"]["model"]).config() == task.model.config()
+    assert build_network(checkpoint["aelab"]["model"]).config() == task.model.config()
 
 
 def test_fast_ssim_equals_torchmetrics():

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from aelab import CONFIG_DIR
+from aelab.models.network import network_spec
 from aelab.runtime.train import build, build_trainer, train
 from tests.conftest import compose_config, run_cli
 
@@ -30,9 +32,12 @@ def test_every_group_option_composes_and_builds(group, option, image_folder, tmp
         overrides += ["data=folder", f"data.root={image_folder}"]
     if (group, option) == ("loss", "ce"):
         overrides.append("task=colorization")  # classification over ab bins: colorization's loss
+    if (group, option) == ("model", "custom"):
+        overrides.append("model._target_=tests.plugins.tiny_net.TinyNet")  # yours, named
     cfg = compose_config(overrides, tmp_path)
     task, datamodule = build(cfg)
-    assert task.model.pooling == cfg.model.pooling
+    spec = network_spec(task.model)
+    assert all(spec[key] == value for key, value in OmegaConf.to_container(cfg.model).items())
     assert datamodule.color_space == task.color_space
 
 

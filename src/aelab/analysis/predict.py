@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from aelab.analysis.photos import TILE_BYTES, Photo, open_photo, turned_upright
 from aelab.analysis.png_stream import PngStream
@@ -31,8 +32,8 @@ from aelab.analysis.tiles import Box, Tile, Tiling, tiling_for
 from aelab.choices import DEFAULT_TEMPERATURE
 from aelab.data.color import lab_to_rgb_keeping_lightness, rgb_to_lab_normalized
 from aelab.errors import AelabError
-from aelab.models import ConvAutoEncoder
 from aelab.models.checkpoint import load_network, read_checkpoint
+from aelab.models.network import size_multiple
 from aelab.tasks.ab_bins import (
     DEFAULT_STRIDE,
     bin_count,
@@ -59,17 +60,17 @@ class Colorizer:
     """A colorization network and how its output becomes ab: sigmoid (loss=bce, mse) or the
     annealed mean over ab bins at `temperature` (loss=ce)."""
 
-    network: ConvAutoEncoder
+    network: nn.Module
     classifies: bool = False
     temperature: float = DEFAULT_TEMPERATURE
     stride: int = DEFAULT_STRIDE
 
 
-def run_padded(network: ConvAutoEncoder | Colorizer, inputs: torch.Tensor) -> torch.Tensor:
-    """The network's output in [0, 1] at the input's size: pad to a multiple of 2^poolings, then
-    crop; a classifying colorizer's bins are decoded to ab at the padded size first."""
+def run_padded(network: nn.Module | Colorizer, inputs: torch.Tensor) -> torch.Tensor:
+    """The network's output in [0, 1] at the input's size: pad to a multiple of 2^poolings (a
+    custom network's size_multiple), then crop; a classifying colorizer's bins are decoded to ab at the padded size first."""
     colorizer = network if isinstance(network, Colorizer) else Colorizer(network)
-    multiple = 2**colorizer.network.pooling_stages
+    multiple = size_multiple(colorizer.network)
     height, width = inputs.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     padded = F.pad(inputs, (0, pad_w, 0, pad_h), mode="replicate")
@@ -96,18 +97,18 @@ def load_colorizer(path: Path, temperature: float | None = None) -> Colorizer:
     return Colorizer(network, classifies=True, temperature=temperature, stride=stride)
 
 
-def predict_lab(colorizer: ConvAutoEncoder | Colorizer, rgb: torch.Tensor) -> torch.Tensor:
+def predict_lab(colorizer: nn.Module | Colorizer, rgb: torch.Tensor) -> torch.Tensor:
     """RGB (or grey) → normalised Lab: the input's L with the a, b the network predicts from it."""
     lightness = rgb_to_lab_normalized(rgb)[:, :1]
     return torch.cat([lightness, run_padded(colorizer, lightness)], 1)
 
 
-def colorize(network: ConvAutoEncoder | Colorizer, rgb: torch.Tensor) -> torch.Tensor:
+def colorize(network: nn.Module | Colorizer, rgb: torch.Tensor) -> torch.Tensor:
     """RGB (or grey) image → a colour image with the same lightness and predicted a, b."""
     return lab_to_rgb_keeping_lightness(predict_lab(network, rgb))
 
 
-def reconstruct(network: ConvAutoEncoder, rgb: torch.Tensor) -> torch.Tensor:
+def reconstruct(network: nn.Module, rgb: torch.Tensor) -> torch.Tensor:
     return run_padded(network, rgb)
 
 
@@ -129,7 +130,7 @@ class Conversion:
         return self.finish(self.predict(window)[..., rows, columns])
 
 
-def conversion_for(network: ConvAutoEncoder | Colorizer, budget: int = TILE_BYTES) -> Conversion:
+def conversion_for(network: nn.Module | Colorizer, budget: int = TILE_BYTES) -> Conversion:
     """colorize() for a Colorizer, reconstruct() for a bare network, cut in tiles of `budget`."""
     if not isinstance(network, Colorizer):
         return Conversion(partial(run_padded, network), _as_rgb, tiling_for(network, budget))

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.progress import track
 
 from aelab.analysis.photos import open_photo, turned_upright
+from aelab.config.trusted import add_trust_option, trusting
 from aelab.errors import AelabError
 
 
@@ -74,15 +75,19 @@ def main(task: str, argv: list[str] | None = None) -> int:
         outputs = checked_outputs(args.inputs, args.out_dir, args.overwrite)
         from aelab.analysis import predict  # torch loads once the command line holds up
 
-        if task == "colorization":
-            network = predict.load_colorizer(args.ckpt, temperature)
-        else:
-            network = predict.load_network(args.ckpt, task)
+        with trusting(args.trust):  # a checkpoint of your own network: its module, named here
+            if task == "colorization":
+                network = predict.load_colorizer(args.ckpt, temperature)
+            else:
+                network = predict.load_network(args.ckpt, task)
         try:
             args.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise AelabError(f"--out-dir {args.out_dir} could not be created ({error}).") from None
         conversion = predict.conversion_for(network)
+        for path in args.inputs:  # headers only: an image too large for an untiled network
+            with open_photo(path) as photo:
+                conversion.tiling.refuse_oversize(*photo.size, str(path))
         pairs = list(zip(args.inputs, outputs, strict=True))
         for path, out in track(pairs, description=f"{verb}", disable=len(pairs) < 2):
             with open_photo(path) as photo:
@@ -105,6 +110,7 @@ def parser(task: str, verb: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace PNGs already in --out-dir (never inputs)"
     )
+    add_trust_option(parser)
     if task == "colorization":
         parser.add_argument(
             "--temperature",

@@ -45,6 +45,7 @@ from aelab.analysis.runs import (
     find_runs,
     read_json,
 )
+from aelab.config.trusted import add_trust_option, trusting
 from aelab.data.color import lab_normalized_to_rgb, rgb_to_lab_normalized
 from aelab.errors import AelabError
 from aelab.runtime.sweeps import SweepJob, jobs_not_run
@@ -126,10 +127,12 @@ class Group:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a run dir or a multirun dir")
+    add_trust_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        path = write_report(args.directory)
+        with trusting(args.trust):
+            path = write_report(args.directory)
     except AelabError as error:
         print(f"\naelab: {error}\n", file=sys.stderr)
         return 2
@@ -411,7 +414,9 @@ def run_row(run: Run, label: str) -> Row:
     model = run.metrics.get("model", {})
     bottleneck = model.get("has_bottleneck", True)
     no_bottleneck = (
-        ""
+        "code size unknown: the network has no encode()"
+        if bottleneck is None
+        else ""
         if bottleneck
         else "no bottleneck: the code is no smaller than the input, or skips go around it"
     )
@@ -441,7 +446,7 @@ def baselines_for(group: Group) -> Baselines:
         return Baselines(notes=[f"Baselines skipped: the runs' data could not be loaded. {error}"])
     test = to_unit(splits["test"])
     input_size = test[0].numel()
-    latent_sizes = {run.metrics["model"]["latent_size"] for run in done}
+    latent_sizes = {run.metrics["model"]["latent_size"] for run in done} - {None}  # None: unknown
     cache_dir = Path(group.data["cache_dir"] or "~/.cache/aelab").expanduser()
     computed = reconstruction_baselines(splits, sorted(latent_sizes | CODE_SIZES), cache_dir)
     linear = [(b.latent_size, b.scores["psnr"]) for b in computed if b.name.startswith("PCA")]

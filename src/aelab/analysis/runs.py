@@ -192,7 +192,8 @@ def check_metrics(metrics) -> None:
         if not _is_number(value):
             raise Unreadable(f"metrics.json's test score {key} is {value!r}, not a number")
     model = metrics["model"]
-    if not _is_number(model.get("latent_size")):
+    size = model.get("latent_size", "absent")  # null: a custom network's code size, unknown
+    if size is not None and not _is_number(size):
         raise Unreadable('metrics.json\'s "model" has no latent_size')
     for key in ("compression", "parameters"):
         if model.get(key) is not None and not _is_number(model[key]):

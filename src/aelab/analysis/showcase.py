@@ -18,6 +18,7 @@ from aelab.analysis.figures import plot_image_grid
 from aelab.analysis.predict import colorize, load_colorizer, reconstruct
 from aelab.analysis.report import data_settings
 from aelab.analysis.runs import read_run
+from aelab.config.trusted import add_trust_option, trusting
 from aelab.data.color import lab_normalized_to_rgb, rgb_to_lab_normalized
 from aelab.errors import AelabError
 from aelab.models.checkpoint import load_network, read_checkpoint
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8, help="test images (columns); default 8")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/showcase.png"))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_trust_option(parser)
     args = parser.parse_args(argv)
     try:
         if args.images < 1:
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.out.exists() and not args.overwrite:
             raise AelabError(f"{args.out} exists; give --overwrite to replace it.")
-        rows = showcase_rows(args.reconstruction, args.colorization, args.images)
+        with trusting(args.trust):
+            rows = showcase_rows(args.reconstruction, args.colorization, args.images)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         plot_image_grid(rows, args.out, images_across=True)
     except AelabError as error:

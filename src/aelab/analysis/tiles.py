@@ -1,5 +1,8 @@
 """A network run over an image of any size in tiles whose result equals one run over the whole.
 
+A custom network's receptive radius is unknown, so it is run untiled, on images up to
+UNTILED_SIDE pixels a side; larger ones are refused before any work.
+
 The image is padded (replicating its edge) to a multiple of 2^poolings, as one run would pad it,
 and cut into cores, each a multiple of 2^poolings so that every tile's pooling grid is the whole
 image's. Each core is run with a margin of context around it, at least the network's receptive
@@ -17,11 +20,14 @@ from typing import TYPE_CHECKING
 from aelab.errors import AelabError
 
 if TYPE_CHECKING:  # boxes and tilings are torch-free: aelab.analysis.photos checks inputs early
+    from torch import nn
+
     from aelab.models import ConvAutoEncoder
 
 FLOAT_BYTES = 4
 LIVE_TENSORS = 4  # a layer's input and output, the caller's copy and the kernel's scratch
 FINISH_BYTES = 240  # per core pixel: Lab → RGB with its gamut bisection, float32 temporaries
+UNTILED_SIDE = 1024  # a custom network's largest image side: run whole, its context unknown
 UPSAMPLE_REACH = {"nearest": 1, "bilinear": 2, "bicubic": 3}  # input pixels an output one reads
 
 
@@ -59,18 +65,20 @@ class Tiling:
     multiple: int  # 2^poolings: every core, margin and window edge is a multiple of it
     core: int  # a core's side
     margin: int  # context on each side of a core
-    whole: bool = False  # the network sees the whole image: one window, at most core × core
+    whole: str = ""  # why the network must see the whole image at once ("": it runs in tiles)
+
+    def refuse_oversize(self, height: int, width: int, name: str) -> None:
+        """A network that sees the whole image runs in one window: a larger image is refused."""
+        if self.whole and max(height, width) > self.core:
+            raise AelabError(
+                f"{name} is {width}×{height} pixels; {self.whole}, so it cannot be run in "
+                "seamless tiles and runs on the whole image, at most "
+                f"{self.core} pixels a side within the memory bound. Resize it to fit."
+            )
 
     def rows(self, height: int, width: int) -> Iterator[list[Tile]]:
         """The tiles of a height × width image, a band of rows at a time, top to bottom."""
-        if self.whole and max(height, width) > self.core:
-            raise AelabError(
-                f"This network normalises over the whole image (model.norm=group), so it cannot "
-                f"be run in tiles, and a {width}×{height} photo is larger than the "
-                f"{self.core}×{self.core} pixels one run may take within the memory bound. "
-                f"Resize the photo to at most {self.core} pixels a side, or use a network "
-                "trained with model.norm=batch or none."
-            )
+        self.refuse_oversize(height, width, "The image")
         padded = (_round_up(height, self.multiple), _round_up(width, self.multiple))
         for top in range(0, height, self.core):
             yield [
@@ -128,14 +136,21 @@ def receptive_radius(network: ConvAutoEncoder, stride: int = 1) -> int | None:
 
 
 def tiling_for(
-    network: ConvAutoEncoder, budget: int, stride: int = 1, classes: int | None = None
+    network: nn.Module, budget: int, stride: int = 1, classes: int | None = None
 ) -> Tiling:
     """Cores as large as `budget` bytes allow for one window's activations (the widest layer at
     full resolution; a classifier's `classes` logits at 1/stride²) and its core's conversion;
     at least twice the margin, so that no window is more than 4 times its core. A network that
-    sees the whole image gets one window, as large as the budget allows."""
+    sees the whole image (group norm, or a custom network whose reach is unknown) gets one
+    window: as large as the budget allows, or UNTILED_SIDE for a custom one."""
     from torch import nn
 
+    from aelab.models.network import is_custom, size_multiple
+
+    if is_custom(network):
+        multiple = size_multiple(network)
+        unknown = "a custom network's receptive field is unknown to aelab"
+        return Tiling(multiple, UNTILED_SIDE // multiple * multiple, 0, whole=unknown)
     multiple = 2**network.pooling_stages
     radius = receptive_radius(network, stride)
     margin = 0 if radius is None else _round_up(radius, multiple)
@@ -146,7 +161,8 @@ def tiling_for(
     per_pixel = FLOAT_BYTES * LIVE_TENSORS * widest + FINISH_BYTES
     window = math.isqrt(budget // per_pixel)
     if radius is None:
-        return Tiling(multiple, max(window // multiple * multiple, multiple), 0, whole=True)
+        grouped = "this network normalises over the whole image (model.norm=group)"
+        return Tiling(multiple, max(window // multiple * multiple, multiple), 0, whole=grouped)
     core = max((window - 2 * margin) // multiple * multiple, 2 * margin, multiple)
     return Tiling(multiple, core, margin)
 

@@ -254,6 +254,12 @@ class TrainerSchema:
     )
 
 
+MODULE_NAMES = rule(
+    "a list of module names (your own networks' packages, e.g. [my_pkg])",
+    lambda v: all(re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", m) for m in v),
+)
+
+
 @dataclass
 class TrainSchema:
     """configs/train.yaml's own keys; the nodes below have schemas of their own."""
@@ -263,6 +269,7 @@ class TrainSchema:
     resume: str | None = None
     ckpt_path: str | None = None
     init_weights: str | None = None
+    trusted_modules: list[str] = field(default_factory=list, metadata=MODULE_NAMES)
 
 
 @dataclass
@@ -273,6 +280,7 @@ class EvalSchema:
     split: EvalSplit = EvalSplit.test
     threads: int | None = field(default=None, metadata=THREADS)
     temperature: float | None = field(default=None, metadata=TEMPERATURE)
+    trusted_modules: list[str] = field(default_factory=list, metadata=MODULE_NAMES)
 
 
 @dataclass
@@ -471,8 +479,8 @@ def _takes_text(hint: Any) -> bool:
 
 
 def _members(hint: Any) -> tuple:
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) in (typing.Union, list):
+        return typing.get_args(hint)  # a list's: its items' type
     return (hint,)
 
 

@@ -6,12 +6,17 @@ aelab names: its own, torch's optimizers and schedulers, Lightning's Trainer, lo
 A name is trusted for what it resolves to, not for how it is spelled: `aelab.runtime.train.os.system`
 and `torch.optim.optimizer.torch.save` resolve through module attributes to functions of other
 modules, and are refused. Only modules under the trusted ones are imported to find out.
+
+A user's own network lives in the user's own module: the user trusts it by naming it for the
+process (`trusted_modules=[my_pkg]` for train.py and eval.py, `--trust my_pkg` for the scripts,
+`trusted_modules=` of load_from_checkpoint), never by what a saved config or checkpoint says.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import import_module
 from types import ModuleType
 from typing import Any
@@ -30,6 +35,8 @@ TRUSTED_MODULES = (
     "lightning.pytorch.callbacks",
     "lightning.pytorch.trainer.trainer",
 )
+# Modules the user named for this process, besides aelab's own (trusting()).
+_USER_TRUSTED: list[str] = []
 # The names under which Lightning exports its Trainer, outside the module that defines it.
 TRUSTED_ALIASES = ("lightning.Trainer", "lightning.pytorch.Trainer")
 # Keys whose value names code to run: Hydra's, and Lightning's hyperparameter for a class's builder.
@@ -37,6 +44,7 @@ CODE_KEYS = ("_target_", "_instantiator")
 # What would change Hydra itself (its callbacks, logging, search path, what it composes) in a
 # config that Hydra loads as its primary config, as resume= has it do.
 HYDRA_KEYS = ("hydra", "defaults")
+CANNOT_IMPORT = "cannot be imported"
 HEADER_DIRECTIVE = re.compile(r"^\s*#\s*@", re.MULTILINE)  # `# @package hydra` moves the file
 # A run's config holds a few hundred lists and mappings, 4 deep; more is a reference loop or a
 # config that grows when resolved (each level referring twice to the one before).
@@ -44,6 +52,49 @@ MAX_NODES, MAX_DEPTH = 10_000, 50
 # Text that only a Hydra job resolves, from its facts about the run (`${hydra:job.name}`, `${now:%H}`).
 HYDRA_RUN_FACT = re.compile(r"\$\{(hydra:(runtime|job)\.[\w.]+|now:[^${}]*)\}")
 DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+@contextmanager
+def trusting(modules: Sequence[str]) -> Iterator[None]:
+    """Within the block, saved configs and checkpoints may also name classes of `modules` (a
+    user's own networks): what the user named on the command line or in Python, never what a
+    saved file says."""
+    modules = [modules] if isinstance(modules, str) else list(modules or ())
+    for module in modules:
+        if not isinstance(module, str) or not DOTTED_NAME.fullmatch(module):
+            raise AelabError(
+                f"trusted_modules: {module!r} is not a module name; give your network's "
+                "package or module, e.g. trusted_modules=[my_pkg] (--trust my_pkg for scripts)."
+            )
+    _USER_TRUSTED.extend(modules)
+    try:
+        yield
+    finally:
+        for module in modules:
+            _USER_TRUSTED.remove(module)
+
+
+def add_trust_option(parser) -> None:
+    """The scripts' --trust MODULE (repeatable): the modules of your own networks that the
+    checkpoints and run dirs they read may name; use as `with trusting(args.trust):`."""
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module of your own network that the checkpoints or runs may name "
+        "(docs/custom_network.md); repeatable",
+    )
+
+
+def user_trusted() -> tuple[str, ...]:
+    """The modules the user named for this process (trusting()), aelab's left out."""
+    return tuple(_USER_TRUSTED)
+
+
+def trusted_now() -> tuple[str, ...]:
+    """aelab's trusted modules and those the user named for this process (trusting())."""
+    return (*TRUSTED_MODULES, *_USER_TRUSTED)
 
 
 def refuse_unsafe_yaml(text: str, source: str) -> None:
@@ -85,11 +136,12 @@ def refuse_hydra_keys(config: Any, source: str) -> None:
 
 
 def refuse_untrusted(
-    config: Any, source: str, trusted_modules: Sequence[str] = TRUSTED_MODULES
+    config: Any, source: str, trusted_modules: Sequence[str] | None = None
 ) -> None:
     """Raise AelabError, naming the setting and the class, if `config` (read from `source`) names
-    code outside `trusted_modules` anywhere. Interpolations are resolved as they will be when it
+    code outside `trusted_modules` (default: trusted_now()) anywhere. Interpolations are resolved as they will be when it
     is built, so the runtime values it refers to (paths.output_dir) must be set first."""
+    trusted_modules = trusted_now() if trusted_modules is None else tuple(trusted_modules)
     for count, (where, node) in enumerate(_containers(config, "", source, 0), start=1):
         if count > MAX_NODES:
             raise _too_large(source)
@@ -157,18 +209,28 @@ def _refuse_untrusted_name(
         )
     name = node[key]
     problem = untrusted_because(name, trusted_modules)
+    if problem == CANNOT_IMPORT and name not in TRUSTED_ALIASES and _within(name, trusted_modules):
+        raise AelabError(
+            f"{source}: {where} names {name!r}, of a module you trust, which cannot be imported "
+            "here. Make its package importable: install it, or run with PYTHONPATH=DIR (DIR "
+            "holding the package; train.py and eval.py find packages beside them, scripts/*.py "
+            "do not). Nothing was built."
+        )
     if problem:
         raise AelabError(
             f"{source}: {where} names {name!r}, which {problem}. A run dir or a checkpoint may "
             "come from anyone, so aelab builds from the config saved in it only classes that "
             "aelab names: its own (aelab.*), torch optimizers and schedulers (torch.optim.*), "
-            "Lightning's Trainer, loggers and callbacks. Nothing was built. If the run is not "
-            "yours, do not use it; if it is, train it again from your own command line."
+            "Lightning's Trainer, loggers and callbacks, and the modules you name. Nothing was "
+            "built. If the run is not yours, do not use it. If it is, and it names your own "
+            "network, name its module: trusted_modules=[MODULE] after eval.py or train.py "
+            "resume=, --trust MODULE for the scripts (docs/custom_network.md)."
         )
 
 
-def untrusted_because(name: Any, trusted_modules: Sequence[str] = TRUSTED_MODULES) -> str | None:
+def untrusted_because(name: Any, trusted_modules: Sequence[str] | None = None) -> str | None:
     """Why `name` is not a class a saved config may build, in words; None if it is one."""
+    trusted_modules = trusted_now() if trusted_modules is None else tuple(trusted_modules)
     if not isinstance(name, str) or not DOTTED_NAME.fullmatch(name):
         return "is not a dotted class name"
     if name not in TRUSTED_ALIASES and not _within(name, trusted_modules):
@@ -176,7 +238,7 @@ def untrusted_because(name: Any, trusted_modules: Sequence[str] = TRUSTED_MODULE
     try:
         located = locate(name)
     except Exception:  # ImportError, AttributeError, or an error of a trusted module's import
-        return "cannot be imported"
+        return CANNOT_IMPORT
     if not isinstance(located, type):
         return f"is a {type(located).__name__}, not a class"
     if not _within(located.__module__, trusted_modules):

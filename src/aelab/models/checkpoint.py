@@ -9,10 +9,11 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from aelab.config.trusted import refuse_untrusted
 from aelab.errors import AelabError
-from aelab.models.autoencoder import ConvAutoEncoder
+from aelab.models.network import build_network
 
 CONFIG_PARTS = ("aelab", "hyper_parameters")
 TASK_SCRIPTS = {"colorization": "scripts/colorize.py", "reconstruction": "scripts/reconstruct.py"}
@@ -65,13 +66,14 @@ def _refusal(path: Path, error: Exception) -> str:
     )
 
 
-def load_network(path: str | Path, task: str) -> ConvAutoEncoder:
-    """The trained ConvAutoEncoder of an aelab checkpoint of the given task, in eval mode."""
+def load_network(path: str | Path, task: str) -> nn.Module:
+    """The trained network of an aelab checkpoint of the given task, in eval mode."""
     return network_of(read_checkpoint(path), path, task)
 
 
-def network_of(checkpoint: dict, path: str | Path, task: str) -> ConvAutoEncoder:
-    """The ConvAutoEncoder of a checkpoint read_checkpoint(path) has read, in eval mode."""
+def network_of(checkpoint: dict, path: str | Path, task: str) -> nn.Module:
+    """The network of a checkpoint read_checkpoint(path) has read (its class and arguments, and
+    its weights), in eval mode."""
     facts = checkpoint["aelab"]
     if facts.get("task") != task:
         trained = facts.get("task")
@@ -80,7 +82,7 @@ def network_of(checkpoint: dict, path: str | Path, task: str) -> ConvAutoEncoder
             f"(or {TASK_SCRIPTS.get(trained, 'the matching script')})."
         )
     try:
-        network = ConvAutoEncoder.from_config(facts["model"])
+        network = build_network(facts["model"])
     except AelabError as error:
         raise AelabError(f"{path}: {error}") from None
     weights = {

@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from aelab.config.trusted import user_trusted
+
 RUN_DIR_VARIABLE = "AELAB_DDP_RUN_DIR"
 RESUME_VARIABLE = "AELAB_DDP_RESUME"
+TRUST_VARIABLE = "AELAB_DDP_TRUSTED_MODULES"  # rank zero's trusted modules, for its children
 # Set by whoever starts the ranks: Lightning's launcher, torchrun or SLURM's srun.
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
 # What Lightning's launcher sets in the parent's own environment.
@@ -42,6 +45,7 @@ def export_run_to_children(run_dir: Path, resume: bool, threads: int | None) -> 
     `threads` set, also their thread count (Lightning would set cores ÷ processes otherwise)."""
     os.environ[RUN_DIR_VARIABLE] = str(run_dir.absolute())  # spelled as rank zero spells it
     os.environ[RESUME_VARIABLE] = "1" if resume else ""
+    os.environ[TRUST_VARIABLE] = ",".join(user_trusted())  # a saved config's are never read
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
@@ -96,4 +100,5 @@ def child_arguments(argv: list[str]) -> list[str]:
     ]
     if os.environ.get(RESUME_VARIABLE):
         arguments.append(f"++resume='{run_dir}'")
+    arguments.append(f"++trusted_modules=[{os.environ.get(TRUST_VARIABLE, '')}]")
     return arguments

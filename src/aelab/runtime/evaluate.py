@@ -18,10 +18,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aelab.choices import EVAL_SPLITS
+from aelab.config.trusted import trusting
 from aelab.data import identity
 from aelab.data.batch_limits import check_every_loop_gets_a_batch
 from aelab.errors import AelabError
 from aelab.models.checkpoint import load_network, read_checkpoint
+from aelab.models.network import network_spec, spec_differences
 from aelab.runtime.lifecycle import guarded
 from aelab.runtime.run_config import load_run_config
 from aelab.runtime.train import build
@@ -38,7 +40,13 @@ def run(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
-    """Score the checkpoint on the split and write eval.json into output_dir; returns its contents."""
+    """Score the checkpoint on the split and write eval.json into output_dir; returns its contents.
+    A run of your own network is built when you name its module: trusted_modules=[my_pkg]."""
+    with trusting(cfg.get("trusted_modules") or ()):
+        return evaluate_trusting(cfg, output_dir)
+
+
+def evaluate_trusting(cfg: DictConfig, output_dir: Path) -> dict:
     split = cfg.split  # one of EVAL_SPLITS (aelab.config.schema)
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise AelabError(
@@ -53,10 +61,11 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
     L.seed_everything(run_cfg.seed, workers=True)
     task, datamodule = build(run_cfg)
     network = load_network(checkpoint, task.name)
-    if network.config() != task.model.config():
+    differs = spec_differences(network_spec(network), network_spec(task.model))
+    if differs:
         raise AelabError(
             f"{checkpoint} holds a network with other settings than its run's config builds "
-            f"({network.config()} vs {task.model.config()}); was it copied in from another run?"
+            f"({differs}); was it copied in from another run?"
         )
     task.model.load_state_dict(network.state_dict())
     data = identity.evaluation_data(datamodule, run_dir, given=given_data(cfg))

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from aelab.config.trusted import trusting
 from aelab.errors import AelabError
 from aelab.runtime.distributed import launch_rank
 from aelab.runtime.run_config import is_eval_dir, load_run_config
@@ -23,32 +24,55 @@ from aelab.runtime.run_lock import claim
 from aelab.runtime.sweeps import continue_sweep, is_sweep_dir
 
 PREFIX = "resume="
+TRUST_KEY = "trusted_modules="  # the one setting a resume takes: trust is the user's, not the run's
 
 
 def resume_arguments(argv: list[str]) -> list[str]:
-    """The command line for Hydra: argv unchanged, or, for resume=RUN_DIR, that run's."""
+    """The command line for Hydra: argv unchanged, or, for resume=RUN_DIR, that run's, with the
+    modules this command line trusts in place of those its saved config lists."""
     if not any(argument.startswith(PREFIX) for argument in argv):
         return argv
-    if len(argv) != 1:
+    trust = [a for a in argv if a.lstrip("+").startswith(TRUST_KEY)]
+    if len(argv) - len(trust) != 1 or len(trust) > 1:
         raise AelabError(
-            "resume=RUN_DIR takes no other arguments: a resumed run keeps the config it started "
+            "resume=RUN_DIR takes no other arguments (but trusted_modules=[MODULE], the modules "
+            "of your own networks it may build): a resumed run keeps the config it started "
             "with (RUN_DIR/.hydra/config.yaml), so that it ends exactly where the uninterrupted "
             "run would. To train with other settings, start a new run."
         )
-    path = argv[0].removeprefix(PREFIX)
+    path = next(a for a in argv if a.startswith(PREFIX)).removeprefix(PREFIX)
+    trusted = trusted_modules_argument(trust[0]) if trust else []
+    trust_argument = f"++trusted_modules=[{','.join(trusted)}]"
     if is_sweep_dir(Path(path).expanduser()):
         sweep_dir = Path(path).expanduser().resolve()
         claim(sweep_dir, "resume")  # a sweep whose process still lives is refused
-        sys.exit(continue_sweep(sweep_dir, sys.argv[0]))
-    run_dir = resumable_run_dir(path)
+        sys.exit(continue_sweep(sweep_dir, sys.argv[0], trust_argument))
+    with trusting(trusted):
+        run_dir = resumable_run_dir(path)
     return [
         f"--config-path={run_dir / '.hydra'}",
         "--config-name=config",
         f"hydra.run.dir='{run_dir}'",
         "hydra.output_subdir=null",
         "hydra.job.name=train",
+        trust_argument,
         f"++resume='{run_dir}'",
     ]
+
+
+def trusted_modules_argument(argument: str) -> list[str]:
+    """The module names of `trusted_modules=[a,b]` (or `=a`), read as Hydra reads the value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_override(argument.lstrip("+")).value()
+    except Exception as error:  # Hydra's OverrideParseException, with its own words
+        raise AelabError(
+            f"{argument} cannot be read ({error}); write trusted_modules=[my_pkg]."
+        ) from None
+    modules = value if isinstance(value, list) else [value]
+    with trusting(modules):  # names checked: a module name each
+        return [str(module) for module in modules]
 
 
 def resumable_run_dir(path: str) -> Path:

@@ -10,7 +10,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from aelab.config.trusted import (
-    TRUSTED_MODULES,
     refuse_hydra_keys,
     refuse_unsafe_yaml,
     refuse_untrusted,
@@ -31,10 +30,11 @@ def is_eval_dir(directory: Path) -> bool:
 def load_run_config(
     run_dir: str | Path,
     output_dir: str | Path | None = None,
-    trusted_modules: Sequence[str] = TRUSTED_MODULES,
+    trusted_modules: Sequence[str] | None = None,
 ) -> DictConfig:
     """RUN_DIR/.hydra/config.yaml with paths.output_dir set to output_dir (default: run_dir),
-    refused unless everything it would build is a class of `trusted_modules` (aelab.config.trusted):
+    refused unless everything it would build is a class of `trusted_modules` (default: aelab's and
+    those the user named, aelab.config.trusted.trusted_now()):
     a run dir may come from anyone.
 
     The saved config says `output_dir: ${hydra:runtime.output_dir}`, which resolves only inside a

@@ -183,10 +183,11 @@ def sweep_continuation(job_dir: Path) -> str | None:
     return f"python train.py resume={sweep_dir}" if (sweep_dir / MANIFEST).is_file() else None
 
 
-def continue_sweep(sweep_dir: Path, script: str) -> int:
+def continue_sweep(sweep_dir: Path, script: str, trust_argument: str) -> int:
     """`python train.py resume=SWEEP_DIR`: every job not completed, one after another, each as
-    its own `python train.py` process; a stop signal is passed on to the job and ends the
-    continuation. Failed and diverged jobs are left as they are. Returns the exit status."""
+    its own `python train.py` process (a resumed one with this command line's `trust_argument`);
+    a stop signal is passed on to the job and ends the continuation. Failed and diverged jobs are left as they
+    are. Returns the exit status."""
     jobs = sweep_jobs(sweep_dir)
     hydra_overrides = read_manifest(sweep_dir).get("hydra_overrides", [])
     left_alone = []
@@ -203,7 +204,7 @@ def continue_sweep(sweep_dir: Path, script: str) -> int:
                 f"hydra.run.dir={sweep_dir / str(job.number)}",
             ]
         else:
-            arguments = [f"resume={job.run_dir}"]
+            arguments = [f"resume={job.run_dir}", trust_argument]
         print(f"aelab: sweep job {job.number} ({' '.join(job.overrides)})", file=sys.stderr)
         code = run_forwarding_signals([sys.executable, script, *arguments])
         code = 128 - code if code < 0 else code  # killed by a signal before it could answer

@@ -28,11 +28,19 @@ from aelab.callbacks import (
     RandomStates,
 )
 from aelab.callbacks.checkpoint_extras import keep_csv_rows
+from aelab.config.trusted import trusting
 from aelab.data import identity
 from aelab.data.batch_limits import check_every_loop_gets_a_batch
 from aelab.errors import AelabError
-from aelab.models.autoencoder import bottleneck
+from aelab.models import ConvAutoEncoder
 from aelab.models.checkpoint import network_of, read_checkpoint
+from aelab.models.network import (
+    build_network,
+    check_output_size,
+    network_facts,
+    network_spec,
+    spec_differences,
+)
 from aelab.runtime import continuation
 from aelab.runtime.checkpoint_io import AtomicCheckpointIO
 from aelab.runtime.distributed import launch_rank
@@ -60,6 +68,22 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def train(cfg: DictConfig, output_dir: Path) -> float | None:
+    with trusting(user_trusted_modules(cfg)):
+        return train_trusting(cfg, output_dir)
+
+
+def user_trusted_modules(cfg: DictConfig) -> list[str]:
+    """The modules the user trusts for this run: trusted_modules (a resumed run's comes from the
+    resume command line, aelab.runtime.resume), and a new run's own network's module, which the
+    user's config names (so init_weights= and ckpt_path= read its checkpoints)."""
+    modules = list(cfg.get("trusted_modules") or ())
+    target = OmegaConf.select(cfg, "model._target_")
+    if not cfg.get("resume") and isinstance(target, str) and "." in target:
+        modules.append(target.rpartition(".")[0])
+    return modules
+
+
+def train_trusting(cfg: DictConfig, output_dir: Path) -> float | None:
     refuse_files_outside(cfg, output_dir)
     resume_from = resume_checkpoint(cfg, output_dir)
     continued = continuation.checkpoint_to_continue(cfg) if not resume_from else None
@@ -85,7 +109,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float | None:
         write_status(output_dir, "running", pid=os.getpid(), host=socket.gethostname())
 
     size = datamodule.image_size
-    model_facts = bottleneck(task.model, size, target=task.target_phrase(size))
+    model_facts = network_facts(task.model, size, target=task.target_phrase(size))
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
     trainer, loggers = build_trainer(cfg, bool(resume_from))
     check_every_loop_gets_a_batch(trainer, datamodule)  # before fit: a limit that rounds to 0
@@ -112,15 +136,22 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     refuse_fused_with_foreach(cfg.optimizer)  # the settings are checked (aelab.config)
     task_class = get_class(cfg.task._target_)
     out_channels = task_class.output_channels(cfg.task.get("loss", "bce"))  # loss=ce: one per bin
-    model = _instantiate(cfg.model, in_channels=task_class.in_channels, out_channels=out_channels)
+    model = build_network(
+        {
+            **OmegaConf.to_container(cfg.model, resolve=True),
+            "in_channels": task_class.in_channels,
+            "out_channels": out_channels,
+        }
+    )
     datamodule = _instantiate(cfg.data, color_space=task_class.color_space)
     size = datamodule.image_size
-    if size % 2**model.pooling_stages:
+    if isinstance(model, ConvAutoEncoder) and size % 2**model.pooling_stages:
         raise AelabError(
             f"A {size}×{size} image cannot pass {model.pooling_stages} 2×2 poolings and come back "
             f"at the same size: data.image_size must be a multiple of {2**model.pooling_stages}. "
             "Change the image size, use fewer model.widths, or pooling=none."
         )
+    check_output_size(model, size)  # a plug-in's, measured
     scheduler = lr_scheduler(cfg.scheduler) if cfg.get("scheduler") else None
     task = _instantiate(
         cfg.task, model=model, optimizer=_instantiate(cfg.optimizer), scheduler=scheduler
@@ -188,12 +219,10 @@ def refuse_other_network(path, task: L.LightningModule, advice: str, checkpoint=
     """The checkpoint's network, refused before any state is loaded if its settings differ from
     the one this run's config builds (an edited config, a checkpoint of another run)."""
     network = network_of(checkpoint or read_checkpoint(path), path, task.name)
-    if network.config() != task.model.config():
-        differs = sorted(k for k, v in network.config().items() if task.model.config()[k] != v)
+    differs = spec_differences(network_spec(network), network_spec(task.model))
+    if differs:
         raise AelabError(
-            f"{path} holds a network with other settings than this run's ("
-            + ", ".join(f"{k}: {network.config()[k]} vs {task.model.config()[k]}" for k in differs)
-            + f"). {advice}"
+            f"{path} holds a network with other settings than this run's ({differs}). {advice}"
         )
     return network
 
@@ -271,7 +300,7 @@ def write_results(
         "task": task.name,
         "loss": task.hparams.loss,
         "test": {key.removeprefix("test/"): value for key, value in sorted(test_metrics.items())},
-        "model": {**task.model.config(), **model_facts},
+        "model": {**network_spec(task.model), **model_facts},
         "data": datamodule.split_sizes(),
         "best_checkpoint": str(Path(best).relative_to(output_dir)) if best else None,
         "init_checkpoint": _resolved(cfg.get("init_weights")),  # the weights it started from

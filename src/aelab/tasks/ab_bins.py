@@ -21,6 +21,7 @@ from torch import nn
 
 from aelab.data.cache_file import read_cache, write_cache
 from aelab.data.color import AB_OFFSET, AB_SCALE
+from aelab.errors import AelabError
 from aelab.models import ConvAutoEncoder
 from aelab.tasks.losses import soft_cross_entropy
 
@@ -203,12 +204,28 @@ def _is_prior(cached) -> bool:
 
 
 def classifier_logits(
-    network: ConvAutoEncoder, lightness: torch.Tensor, stride: int = DEFAULT_STRIDE
+    network: nn.Module, lightness: torch.Tensor, stride: int = DEFAULT_STRIDE
 ) -> torch.Tensor:
-    """The network's bin logits at 1/stride of the input's size: its last log2(stride)
-    upsamplings left out (as many as it has), so the Q-channel head runs on fewer pixels; the
-    decoded ab is upsampled instead (decode_bins)."""
+    """The network's bin logits at 1/stride of the input's size: a ConvAutoEncoder's last
+    log2(stride) upsamplings left out (as many as it has), so the Q-channel head runs on fewer
+    pixels; the decoded ab is upsampled instead (decode_bins). Any other network's output is its
+    logits (stride 1: refuse_strided_plugin)."""
+    if not isinstance(network, ConvAutoEncoder):
+        return network(lightness)
     return network(lightness, upsamplings_left_out=max(int(stride).bit_length() - 1, 0))
+
+
+def refuse_strided_plugin(network: nn.Module, stride: int) -> None:
+    """Only a ConvAutoEncoder's upsamplings can be left out; another network ends in its own
+    Q-channel head at the image's size, so its logits come at stride 1."""
+    if stride > 1 and not isinstance(network, ConvAutoEncoder):
+        raise AelabError(
+            f"task.ce_stride={stride} computes loss=ce's bin logits at 1/{stride} of the image's "
+            "side by leaving out the ConvAutoEncoder decoder's last upsamplings; a custom "
+            f"network ({type(network).__name__}) has none aelab knows of: its output, "
+            f"{bin_count()} channels at the image's size, is taken as the logits. Add "
+            "task.ce_stride=1 (or downsample inside your network and keep the output full-size)."
+        )
 
 
 def decode_bins(logits: torch.Tensor, temperature: float, size: tuple[int, int]) -> torch.Tensor:

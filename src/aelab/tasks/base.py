@@ -16,9 +16,10 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from aelab.choices import CLASSIFICATION_LOSSES
+from aelab.config.trusted import trusting
 from aelab.errors import AelabError
-from aelab.models import ConvAutoEncoder
 from aelab.models.checkpoint import read_checkpoint
+from aelab.models.network import build_network, channels, network_spec
 from aelab.tasks.losses import LOSSES
 from aelab.tasks.metrics import ScoreMeans
 
@@ -35,14 +36,14 @@ class AutoEncoderTask(L.LightningModule):
 
     def __init__(
         self,
-        model: ConvAutoEncoder | dict,
+        model: nn.Module | dict,
         loss: str = "bce",
         optimizer: OptimizerFactory | None = None,
         scheduler: dict | None = None,
         channels_last: bool = True,
     ) -> None:
-        """`model` is the network, or its config() as saved in a checkpoint's hyperparameters;
-        `scheduler` is Lightning's lr_scheduler dict with a factory under "scheduler"."""
+        """`model` is the network, or its spec ({"_target_": class, **arguments}, as saved in a
+        checkpoint's hyperparameters: aelab.models.network); `scheduler` is Lightning's lr_scheduler dict with a factory under "scheduler"."""
         super().__init__()
         if loss in CLASSIFICATION_LOSSES and loss not in self.accepted_losses:
             raise AelabError(
@@ -51,19 +52,20 @@ class AutoEncoderTask(L.LightningModule):
             )
         if loss not in self.accepted_losses:
             raise AelabError(f"loss must be one of {list(self.accepted_losses)}, got {loss!r}.")
-        if not isinstance(model, ConvAutoEncoder):
-            model = ConvAutoEncoder.from_config(model)
+        if not isinstance(model, nn.Module):
+            model = build_network(model)
+        spec = network_spec(model)
         out_channels = self.output_channels(loss)
-        if (model.in_channels, model.out_channels) != (self.in_channels, out_channels):
+        if channels(spec) != (self.in_channels, out_channels):
+            given_in, given_out = channels(spec)
             raise AelabError(
                 f"The {self.name} task with loss={loss} needs a network with {self.in_channels} "
-                f"input and {out_channels} output channels, got {model.in_channels} and "
-                f"{model.out_channels}; build it with {type(self).__name__}.in_channels and "
-                f"output_channels(loss)."
+                f"input and {out_channels} output channels, got {given_in} and {given_out}; "
+                f"build it with {type(self).__name__}.in_channels and output_channels(loss)."
             )
         # Plain types only, so load_from_checkpoint rebuilds the task even under weights_only.
         self.save_hyperparameters(
-            {"model": model.config(), "loss": loss, "channels_last": channels_last}, logger=False
+            {"model": spec, "loss": loss, "channels_last": channels_last}, logger=False
         )
         # channels_last: oneDNN's fast convolution layout on the CPU (docs/performance.md);
         # LBFGS flattens gradients with view(), which needs them contiguous.
@@ -229,23 +231,28 @@ class AutoEncoderTask(L.LightningModule):
         hparams_file=None,
         strict=None,
         weights_only: bool | None = None,
+        trusted_modules: tuple[str, ...] = (),
         **kwargs,
     ):
         """Lightning's, with the file read as data: aelab.models.checkpoint.read_checkpoint refuses a
-        pickle that would run code, and hyperparameters that name code aelab does not, first."""
+        pickle that would run code, and hyperparameters that name code aelab does not, first;
+        `trusted_modules` names the modules of your own networks it may build (a plug-in's)."""
         if weights_only is False:
             raise AelabError(
                 "load_from_checkpoint reads aelab checkpoints as tensors and plain values only "
                 "(weights_only=True): they hold nothing else, and a checkpoint from elsewhere "
                 "could run code when unpickled. Leave weights_only out."
             )
-        read_checkpoint(checkpoint_path)
-        try:
-            return super().load_from_checkpoint(
-                checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
-            )
-        except AelabError as error:  # settings the task refuses: say which checkpoint holds them
-            raise AelabError(f"{checkpoint_path}: {error}") from None
+        with trusting(trusted_modules):
+            read_checkpoint(checkpoint_path)
+            try:
+                return super().load_from_checkpoint(
+                    checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
+                )
+            except (
+                AelabError
+            ) as error:  # settings the task refuses: say which checkpoint holds them
+                raise AelabError(f"{checkpoint_path}: {error}") from None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         partial_epoch = checkpoint.get("aelab_epoch_loss")
@@ -274,7 +281,7 @@ class AutoEncoderTask(L.LightningModule):
         checkpoint["aelab"] = {
             "task": self.name,
             "loss": self.hparams.loss,
-            "model": self.model.config(),
+            "model": network_spec(self.model),
         }
         loss_sum, images = self._loss_sum.detach().clone(), self._loss_images
         if self._step_loss is not None:  # saved from a callback's on_train_batch_end

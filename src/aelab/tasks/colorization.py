@@ -11,16 +11,17 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch import nn
 
 from aelab.choices import DEFAULT_TEMPERATURE
 from aelab.data.color import lab_normalized_to_rgb, unnormalize_lab
 from aelab.errors import AelabError
-from aelab.models import ConvAutoEncoder
 from aelab.tasks import ab_bins, metrics
 from aelab.tasks.ab_bins import (
     DEFAULT_STRIDE,
     classifier_logits,
     decode_bins,
+    refuse_strided_plugin,
 )
 from aelab.tasks.base import AutoEncoderTask, OptimizerFactory
 from aelab.tasks.losses import LOSSES
@@ -44,7 +45,7 @@ class ColorizationTask(AutoEncoderTask):
 
     def __init__(
         self,
-        model: ConvAutoEncoder | dict,
+        model: nn.Module | dict,
         loss: str = "bce",
         optimizer: OptimizerFactory | None = None,
         scheduler: dict | None = None,
@@ -58,6 +59,8 @@ class ColorizationTask(AutoEncoderTask):
         super().__init__(model, loss, optimizer, scheduler, channels_last)
         if ce_stride not in STRIDES:
             raise AelabError(f"task.ce_stride must be one of {list(STRIDES)}, got {ce_stride!r}.")
+        if loss == "ce":
+            refuse_strided_plugin(self.model, ce_stride)
         self.hparams.update(
             rebalance=float(rebalance), temperature=float(temperature), ce_stride=int(ce_stride)
         )
