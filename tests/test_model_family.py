@@ -306,3 +306,23 @@ def test_stating_the_bin_heads_shape_leaves_batch_norms_statistics_alone():
     assert f"{Q} bin logits at 8×8" in task.target_phrase(32)
     assert all(torch.equal(value, before[key]) for key, value in task.state_dict().items())
     assert task.training and task.model.encoder[1].training  # back in the mode it was in
+
+
+def test_the_rate_distortion_study_sweeps_each_network_over_four_code_sizes():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from aelab import CONFIG_DIR
+    from aelab.runtime.sweeps import listed_jobs
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        sweep = compose("train", ["experiment=rate_distortion"], return_hydra_config=True)
+        jobs = listed_jobs(sweep)
+        sizes = {}
+        for job in jobs:
+            cfg = compose("train", ["experiment=rate_distortion", *job])
+            network = instantiate(cfg.model, in_channels=3, out_channels=3)
+            channels, height, width = network.latent_shape(32, 32)
+            sizes.setdefault(cfg.model.norm, []).append(channels * height * width)
+    assert len(jobs) == 8
+    assert sizes == {"none": [64, 192, 512, 1024], "batch": [64, 192, 512, 1024]}
