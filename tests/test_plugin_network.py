@@ -45,6 +45,10 @@ SEED_NODE = {
     "pooling": "max",
     "upsample_mode": "nearest",
     "activation": "relu",
+    "norm": "none",
+    "blocks": 0,
+    "latent_channels": None,
+    "skips": False,
 }
 SEED_PARAMETERS = 4_911
 SEED_OUTPUT_SUM = -95.66442108154297  # torch.manual_seed(0), the network, then rand(2, 3, 32, 32)

@@ -23,6 +23,7 @@ EXPERIMENTS = {
     "task2_kernels": ({"model.kernel_size": "3,5,7"}, 3),
     "task2_widths": ({"widths": "assignment,wide,deep"}, 3),
     "task3": ({"pooling": "max,none"}, 2),
+    "rate_distortion": ({"model": "seed,resnet", "model.latent_channels": "1,3,8,16"}, 8),
 }
 
 

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from aelab.data import identity
 from aelab.errors import AelabError
 from aelab.runtime.resume import refuse_manual_optimization_checkpoint
-from aelab.runtime.run_config import load_run_config
+from aelab.runtime.run_config import checkpoint_run_dir, load_run_config
 
 log = logging.getLogger("aelab")
 RESTORED_NODES = ("optimizer", "scheduler")  # settings Lightning restores from the state
@@ -30,25 +30,17 @@ EPOCH_ORDER = ("data.batch_size", "data.shuffle_seed")  # what a position in the
 POSITION = ", which its place in the epoch counts in"
 
 
+CHECKED_IN_RUN = (
+    "ckpt_path= continues its run's training, whose optimizer settings and data are checked"
+)
+
+
 def weights_instead(path: Path) -> str:
     """The one-line hint for a command line that means a new run from the weights."""
     return (
         "To start a new run from its network weights only (epoch 0, a fresh optimizer and "
         f"schedule: fine-tuning, or training longer on a new schedule), use init_weights={path}."
     )
-
-
-def source_run(path: Path) -> Path:
-    """RUN of RUN/checkpoints/NAME.ckpt, whose config and data a continuation must keep."""
-    run_dir = path.parent.parent
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise AelabError(
-            f"ckpt_path={path} continues a run's training, but the checkpoint is not inside a run "
-            f"dir (no {run_dir}/.hydra/config.yaml), so its optimizer settings and data cannot be "
-            "checked. Give it where python train.py left it (RUN/checkpoints/last.ckpt). "
-            + weights_instead(path)
-        )
-    return run_dir
 
 
 def refuse_other_settings(
@@ -162,7 +154,7 @@ def checkpoint_to_continue(cfg: DictConfig) -> tuple[Path, dict] | None:
 
     path = Path(str(cfg.ckpt_path)).expanduser().resolve()
     checkpoint = read_checkpoint(path)
-    run_dir = source_run(path)
+    run_dir = checkpoint_run_dir(path, CHECKED_IN_RUN, weights_instead(path))
     refuse_manual_optimization_checkpoint(path, checkpoint)
     refuse_other_settings(path, run_dir, cfg, _mid_epoch(checkpoint))
     refuse_zero_steps(path, checkpoint, cfg.trainer)
@@ -172,7 +164,7 @@ def checkpoint_to_continue(cfg: DictConfig) -> tuple[Path, dict] | None:
 def check_data(path: Path, datamodule) -> None:
     """A continuation trains on its run's images (its test split stays unseen, its position in
     the epoch means the same images); a run from before data.json cannot be checked."""
-    run_dir = source_run(path)
+    run_dir = checkpoint_run_dir(path, CHECKED_IN_RUN, weights_instead(path))
     saved = identity.recorded(run_dir)
     if saved is None:
         log.warning(

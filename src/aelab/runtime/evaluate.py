@@ -25,7 +25,7 @@ from aelab.errors import AelabError
 from aelab.models.checkpoint import load_network, read_checkpoint
 from aelab.models.network import network_spec, spec_differences
 from aelab.runtime.lifecycle import guarded
-from aelab.runtime.run_config import load_run_config
+from aelab.runtime.run_config import checkpoint_run_dir, load_run_config
 from aelab.runtime.train import build
 
 log = logging.getLogger("aelab")
@@ -55,7 +55,9 @@ def evaluate_trusting(cfg: DictConfig, output_dir: Path) -> dict:
         )
     checkpoint = Path(cfg.ckpt_path).expanduser().resolve()
     read_checkpoint(checkpoint)  # a missing file or a non-checkpoint is explained before any build
-    run_dir = checkpoint_run_dir(checkpoint)
+    run_dir = checkpoint_run_dir(
+        checkpoint, "eval.py rebuilds the model and data from its run's config"
+    )
     run_cfg = evaluation_config(cfg, run_dir, output_dir)
 
     L.seed_everything(run_cfg.seed, workers=True)
@@ -92,19 +94,6 @@ def evaluate_trusting(cfg: DictConfig, output_dir: Path) -> dict:
     log.info("%s: %s", split.capitalize(), scored)
     log.info("Eval dir: %s", output_dir)
     return results
-
-
-def checkpoint_run_dir(checkpoint: Path) -> Path:
-    """The run a checkpoint belongs to: RUN of RUN/checkpoints/NAME.ckpt."""
-    run_dir = checkpoint.parent.parent
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise AelabError(
-            f"{checkpoint} is not inside a run dir: eval.py rebuilds the model and data from the "
-            f"config of the checkpoint's run, and expected it at {run_dir}/.hydra/config.yaml "
-            "(checkpoints live in <run dir>/checkpoints/). Give a checkpoint where python train.py "
-            "left it, e.g. ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt."
-        )
-    return run_dir
 
 
 def evaluation_config(cfg: DictConfig, run_dir: Path, output_dir: Path) -> DictConfig:

@@ -27,6 +27,19 @@ def is_eval_dir(directory: Path) -> bool:
     return any((directory / name).exists() for name in EVAL_FILES)
 
 
+def checkpoint_run_dir(checkpoint: Path, needs: str, advice: str = "") -> Path:
+    """RUN of RUN/checkpoints/NAME.ckpt, refused where that holds no run's config: `needs` says
+    what the caller reads from it."""
+    run_dir = checkpoint.parent.parent
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise AelabError(
+            f"{checkpoint} is not inside a run dir (no {run_dir}/.hydra/config.yaml): {needs}. "
+            "Give a checkpoint where python train.py left it, RUN/checkpoints/NAME.ckpt (e.g. "
+            f"outputs/runs/<run>/checkpoints/best.ckpt). {advice}".rstrip()
+        )
+    return run_dir
+
+
 def load_run_config(
     run_dir: str | Path,
     output_dir: str | Path | None = None,
