@@ -24,6 +24,7 @@ EXPERIMENTS = {
     "task2_widths": ({"widths": "assignment,wide,deep"}, 3),
     "task3": ({"pooling": "max,none"}, 2),
     "rate_distortion": ({"model": "seed,resnet", "model.latent_channels": "1,3,8,16"}, 8),
+    "resnet192": ({}, 1),  # one run: the preset's target against PCA-192
 }
 
 
@@ -48,10 +49,11 @@ def test_every_experiment_is_listed_here():
 def test_each_experiment_sweeps_its_study(experiment, expected):
     params, runs = expected
     cfg = compose_with_hydra([f"experiment={experiment}"])
-    swept = {key: str(value) for key, value in cfg.hydra.sweeper.params.items()}
+    swept = {key: str(value) for key, value in (cfg.hydra.sweeper.params or {}).items()}
     assert swept == params
     assert math.prod(len(value.split(",")) for value in swept.values()) == runs
-    assert cfg.hydra.sweep.dir.startswith(f"outputs/experiments/{experiment}/")
+    where = cfg.hydra.sweep.dir if runs > 1 else cfg.hydra.run.dir
+    assert where.startswith(f"outputs/experiments/{experiment}/")
     assert cfg.task._target_.endswith(
         "ColorizationTask" if experiment == "task3" else "ReconstructionTask"
     )
