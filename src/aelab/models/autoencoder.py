@@ -33,7 +33,9 @@ class ConvAutoEncoder(nn.Module):
     Decoder convs are the encoder widths reversed, without the latent's and without the first
     (whose place the output conv takes), so there is one decoder conv per pooling stage.
     Each hidden conv may be followed by a norm and `blocks` residual blocks; `latent_channels`
-    adds a 1×1 conv that makes the code that many channels; `skips` concatenates each encoder
+    adds a 1×1 conv that makes the code that many channels and a decoder stage at the code's scale
+    that lifts it back to the last width (so the decoder after it is the one the widths give, not
+    an upsampling of a few channels); `skips` concatenates each encoder
     stage's output to the decoder stage at its scale. The head returns logits: losses and metrics
     apply the sigmoid themselves.
     """
@@ -87,12 +89,12 @@ class ConvAutoEncoder(nn.Module):
             if skips and index < len(widths) - 1:
                 encoder.append(SkipSource())
             previous = width
-        if self.latent_channels is not None:  # a linear code: the decoder's first conv reads it
+        decoder: list[nn.Module] = []
+        if self.latent_channels is not None:  # a linear code, lifted back to the last width
             encoder.append(nn.Conv2d(previous, self.latent_channels, 1))
-            previous = self.latent_channels
+            decoder += self._stage(self.latent_channels, previous)
         self.encoder = nn.Sequential(*encoder)
 
-        decoder: list[nn.Module] = []
         decoder_widths = [*reversed(widths[1:-1]), out_channels]
         skip_widths = [*reversed(widths[:-1])]  # the encoder stage each decoder stage meets
         for index, width in enumerate(decoder_widths):
