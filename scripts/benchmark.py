@@ -45,6 +45,10 @@ from aelab.runtime.heap import frozen_heap
 from aelab.runtime.train import build, train
 
 TASKS = ("reconstruction", "colorization")
+# The model group's presets; `custom` needs the user's own _target_.
+PRESETS = tuple(
+    sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml") if path.stem != "custom")
+)
 PATHS = ("aelab", "floor", "recipe")
 
 
@@ -153,7 +157,13 @@ class BareStepsBetween(L.Callback):
         self._steps, self._mark = 0, done
 
     def on_train_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
-        blocks = {"block": self.block, "aelab": self.aelab_seconds, "bare": self.bare_seconds}
+        blocks = {
+            "block": self.block,
+            "aelab": self.aelab_seconds,
+            "bare": self.bare_seconds,
+            "batch_size": trainer.datamodule.batch_size,
+            "parameters": sum(p.numel() for p in task.parameters()),
+        }
         Path(self.output).write_text(json.dumps(blocks))
 
     @staticmethod
@@ -369,16 +379,19 @@ def format_table(results: Rates, header: dict[str, str]) -> str:
 def format_within_run(within: WithinRun) -> str:
     """The second table: aelab and the bare loop alternating inside the same runs."""
     lines = [
-        "| task | (a) ms/step | (b) bare loop ms/step | (a)'s cost per step | a/b within a run |",
-        "|---|---:|---:|---:|---:|",
+        "| task | parameters | (a) ms/step | (a) images/s | (b) bare loop ms/step "
+        "| (a)'s cost per step | a/b within a run |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for task, runs in within.items():
         steps = sum(len(run["aelab"]) * run["block"] for run in runs)
         aelab = sum(sum(run["aelab"]) for run in runs) / steps * 1e3
         bare = sum(sum(run["bare"]) for run in runs) / steps * 1e3
         per_run = [sum(run["bare"]) / sum(run["aelab"]) for run in runs]
+        images_per_second = runs[0]["batch_size"] / aelab * 1e3
         lines.append(
-            f"| {task} | {aelab:.2f} | {bare:.2f} | {aelab - bare:.2f} ms | {bare / aelab:.3f} "
+            f"| {task} | {runs[0]['parameters']:,} | {aelab:.2f} | {images_per_second:,.0f} | "
+            f"{bare:.2f} | {aelab - bare:.2f} ms | {bare / aelab:.3f} "
             f"({min(per_run):.3f}–{max(per_run):.3f}) |"
         )
     lines.append(
@@ -416,6 +429,14 @@ def main(argv: list[str] | None = None) -> str:
         help="measure each task with this loss (give it twice to compare, e.g. --task "
         "colorization --loss mse --loss ce: the rows become 'colorization loss=mse' and "
         "'colorization loss=ce', measured in turn)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        choices=PRESETS,
+        help="measure each task with this model preset (give several for a row each, e.g. "
+        "--model seed --model resnet --model unet: rows 'reconstruction model=resnet', …)",
     )
     parser.add_argument(
         "--epochs", type=int, default=2, help="epochs per run; the first is warm-up"
@@ -458,6 +479,8 @@ def main(argv: list[str] | None = None) -> str:
     tasks = args.tasks or list(TASKS)
     if args.losses:
         tasks = [f"{task} loss={loss}" for task in tasks for loss in args.losses]
+    if args.models:
+        tasks = [f"{task} model={model}" for task in tasks for model in args.models]
     results, within = measure(
         args.root,
         tasks,

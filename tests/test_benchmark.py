@@ -61,13 +61,22 @@ def test_ratios_pair_each_repeat_so_a_slow_spell_divides_out():
 def test_within_run_table_gives_milliseconds_per_step_and_the_pooled_ratio():
     within = {
         "colorization": [
-            {"block": 10, "aelab": [0.22, 0.22], "bare": [0.21, 0.21]},
-            {"block": 10, "aelab": [0.25], "bare": [0.25]},
+            {
+                "block": 10,
+                "aelab": [0.22, 0.22],
+                "bare": [0.21, 0.21],
+                "batch_size": 128,
+                "parameters": 5091,
+            },
+            {"block": 10, "aelab": [0.25], "bare": [0.25], "batch_size": 128, "parameters": 5091},
         ]
     }
     table = format_within_run(within)
-    # 3 blocks of 10 steps: aelab 0.69 s, bare 0.67 s → 23.00 and 22.33 ms/step, a/b 0.67/0.69.
-    assert "| colorization | 23.00 | 22.33 | 0.67 ms | 0.971 (0.955–1.000) |" in table
+    # 3 blocks of 10 steps: aelab 0.69 s, bare 0.67 s → 23.00 and 22.33 ms/step, a/b 0.67/0.69;
+    # 128 images in 23 ms: 5,565 images/s.
+    assert (
+        "| colorization | 5,091 | 23.00 | 5,565 | 22.33 | 0.67 ms | 0.971 (0.955–1.000) |" in table
+    )
 
 
 def test_lightning_alone_adds_a_row_per_task_measured_in_a_plain_trainer(
@@ -84,3 +93,28 @@ def test_lightning_alone_adds_a_row_per_task_measured_in_a_plain_trainer(
     for row in rows:
         step_ms, bare_ms = (float(cell) for cell in row.split(" | ")[1:3])
         assert step_ms > 0 and bare_ms > 0
+
+
+def test_a_row_per_model_preset_with_its_parameters(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tiny = ["--repeats", "1", "--epochs", "2", "--batches", "2", "--task", "reconstruction"]
+    table = main(
+        [
+            "--root",
+            str(image_folder),
+            *tiny,
+            "--within-only",
+            "--model",
+            "seed",
+            "--model",
+            "resnet",
+        ]
+    )
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| reconstruction")]
+    assert [row[0] for row in rows] == [
+        "| reconstruction model=seed",
+        "| reconstruction model=resnet",
+    ]
+    seed, resnet = (int(row[1].replace(",", "")) for row in rows)
+    assert seed == 4_911 and resnet > 10 * seed  # the seed network's count, and a bigger preset
+    assert all(float(row[3].replace(",", "")) > 0 for row in rows)  # images/s

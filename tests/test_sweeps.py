@@ -25,7 +25,9 @@ EXPERIMENTS = {
     "task3": ({"pooling": "max,none"}, 2),
     "rate_distortion": ({"model": "seed,resnet", "model.latent_channels": "1,3,8,16"}, 8),
     "resnet192": ({}, 1),  # one run: the preset's target against PCA-192
+    "unet_color": ({}, 1),  # one run: the unet preset's colours against grey
 }
+COLORIZATION_EXPERIMENTS = ("task3", "unet_color")
 
 
 def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -55,7 +57,7 @@ def test_each_experiment_sweeps_its_study(experiment, expected):
     where = cfg.hydra.sweep.dir if runs > 1 else cfg.hydra.run.dir
     assert where.startswith(f"outputs/experiments/{experiment}/")
     assert cfg.task._target_.endswith(
-        "ColorizationTask" if experiment == "task3" else "ReconstructionTask"
+        "ColorizationTask" if experiment in COLORIZATION_EXPERIMENTS else "ReconstructionTask"
     )
 
 

@@ -32,12 +32,12 @@ class ConvAutoEncoder(nn.Module):
     conv 8 → pool → conv 12 → pool → conv 16 (latent 16×8×8) → up → conv 12 → up → conv 3.
     Decoder convs are the encoder widths reversed, without the latent's and without the first
     (whose place the output conv takes), so there is one decoder conv per pooling stage.
-    Each hidden conv may be followed by a norm and `blocks` residual blocks; `latent_channels`
-    adds a 1×1 conv that makes the code that many channels and a decoder stage at the code's scale
-    that lifts it back to the last width (so the decoder after it is the one the widths give, not
-    an upsampling of a few channels); `skips` concatenates each encoder
-    stage's output to the decoder stage at its scale. The head returns logits: losses and metrics
-    apply the sigmoid themselves.
+    Each hidden conv may be followed by a norm and `blocks` residual blocks. `latent_channels`
+    adds a 1×1 conv that makes the code that many channels, and the decoder then mirrors the
+    encoder: a stage at the code's scale lifts it back to the last width, and each encoder width
+    gets its decoder stage (a few code channels are not upsampled as they are). `skips`
+    concatenates each encoder stage's output to the decoder stage at its scale. The head returns
+    logits: losses and metrics apply the sigmoid themselves.
     """
 
     def __init__(
@@ -95,19 +95,20 @@ class ConvAutoEncoder(nn.Module):
             decoder += self._stage(self.latent_channels, previous)
         self.encoder = nn.Sequential(*encoder)
 
-        decoder_widths = [*reversed(widths[1:-1]), out_channels]
+        # The seed's decoder has a conv per pooling but none at the code's width; with its own
+        # code channels the decoder mirrors the encoder, a stage per encoder stage.
+        decoder_widths = [*reversed(widths[:-1] if latent_channels is not None else widths[1:-1])]
         skip_widths = [*reversed(widths[:-1])]  # the encoder stage each decoder stage meets
-        for index, width in enumerate(decoder_widths):
+        for index in range(len(widths) - 1):
             if self.pooling_stages:  # one upsample per encoder pooling
                 decoder.append(upsampler(upsample_mode, previous, kernel_size))
             if skips:
                 decoder.append(SkipMerge())
                 previous += skip_widths[index]
-            if index < len(decoder_widths) - 1:
-                decoder += self._stage(previous, width)
-            else:  # the output: logits, neither normalised nor activated
-                decoder.append(same_conv(previous, width, kernel_size))
-            previous = width
+            if index < len(decoder_widths):
+                decoder += self._stage(previous, decoder_widths[index])
+                previous = decoder_widths[index]
+        decoder.append(same_conv(previous, out_channels, kernel_size))  # logits: no norm, no act
         self.decoder = nn.Sequential(*decoder)
 
     def _stage(self, in_channels: int, out_channels: int) -> list[nn.Module]:
