@@ -186,6 +186,20 @@ def test_latent_channels_sets_the_code_size_apart_from_the_widths():
         assert f"latent {channels}×8×8 = {values:,} values" in facts["summary"]
 
 
+def test_a_code_of_its_own_channels_is_decoded_by_a_mirror_of_the_encoder():
+    from torch import nn
+
+    def conv_widths(part):  # (in, out) of each 3×3 conv, in order
+        return [(m.in_channels, m.out_channels) for m in part.modules() if isinstance(m, nn.Conv2d)]
+
+    mirrored = ConvAutoEncoder(widths=[16, 32, 64], latent_channels=3)
+    # lifted back to 64 at the code's scale, then a stage per encoder width, then the output
+    assert conv_widths(mirrored.decoder) == [(3, 64), (64, 32), (32, 16), (16, 3)]
+    assert conv_widths(mirrored.encoder)[-1] == (64, 3)  # the 1×1 code conv
+    # without a code of its own: the seed's decoder, a conv per pooling
+    assert conv_widths(ConvAutoEncoder(widths=[16, 32, 64]).decoder) == [(64, 32), (32, 3)]
+
+
 def test_skips_in_reconstruction_are_no_bottleneck_and_in_colorization_no_copy():
     reconstructor = bottleneck(ConvAutoEncoder(skips=True, latent_channels=3), 32)
     assert reconstructor["latent_size"] == 192 and not reconstructor["has_bottleneck"]
