@@ -7,6 +7,7 @@ import pytest
 from scripts.benchmark import format_table, format_within_run, main, paired_ratios
 
 
+@pytest.mark.slow
 def test_benchmark_prints_a_row_per_task_and_path_with_ratios(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # the folder cache goes to a throwaway ~/.cache
     tiny = ["--repeats", "1", "--epochs", "2", "--batches", "2", "--workers", "0"]
@@ -23,6 +24,7 @@ def test_benchmark_prints_a_row_per_task_and_path_with_ratios(image_folder, tmp_
     assert [line.split(" | ")[0] for line in within] == ["| reconstruction", "| colorization"]
 
 
+@pytest.mark.slow
 def test_within_only_measures_one_table_with_the_given_overrides(
     image_folder, tmp_path, monkeypatch
 ):
@@ -79,6 +81,7 @@ def test_within_run_table_gives_milliseconds_per_step_and_the_pooled_ratio():
     )
 
 
+@pytest.mark.slow
 def test_lightning_alone_adds_a_row_per_task_measured_in_a_plain_trainer(
     image_folder, tmp_path, monkeypatch
 ):

@@ -188,6 +188,7 @@ def test_loss_ce_with_reconstruction_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_smoke_training_with_loss_ce(smoke_overrides, tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*smoke_overrides, "task=colorization", "loss=ce", "logger=none"]

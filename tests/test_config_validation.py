@@ -173,6 +173,7 @@ def test_eval_refuses_a_bad_value_before_its_dir_exists(tmp_path, capsys):
     assert not eval_dir.exists()
 
 
+@pytest.mark.slow
 def test_every_shipped_option_passes(tmp_path):
     groups = [p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"]
     options = [(g, o.stem) for g in groups for o in sorted((CONFIG_DIR / g).glob("*.yaml"))]
@@ -241,6 +242,7 @@ def test_the_run_refuses_what_reaches_it_and_keeps_a_dir_with_a_run_in_it(tmp_pa
     assert not fresh.exists() and (resumed / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_a_sweep_job_with_a_bad_value_leaves_no_dir(tmp_path):
     sweep = tmp_path / "sweep"
     result = subprocess.run(

@@ -212,6 +212,7 @@ def test_overfit_batches_trains_on_the_same_first_batches_every_epoch(image_fold
         assert torch.equal(torch.cat(list(loader)), dm.splits["train"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     "AELAB_CIFAR10_JPG" not in os.environ,
     reason="needs the shared CIFAR-10 copy; .ci/run sets AELAB_CIFAR10_JPG (test_integration too)",

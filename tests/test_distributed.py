@@ -89,6 +89,7 @@ def ddp_args(smoke_overrides) -> list[str]:
     return [*smoke_overrides, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(
     smoke_overrides, ddp_args, tmp_path
 ):
@@ -123,6 +124,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(
     assert "GLOBAL_RANK: 1" in (two / "train_rank1.log").read_text()
 
 
+@pytest.mark.slow
 def test_ddp_inside_a_two_job_multirun_makes_no_nested_sweeps(ddp_args, tmp_path):
     sweep, cwd = tmp_path / "sweep", tmp_path / "cwd"
     result = run_cli("-m", *ddp_args, "loss=bce,mse", f"hydra.sweep.dir={sweep}", cwd=cwd)
@@ -137,6 +139,7 @@ def test_ddp_inside_a_two_job_multirun_makes_no_nested_sweeps(ddp_args, tmp_path
     assert list(cwd.iterdir()) == []  # no outputs/ of a child
 
 
+@pytest.mark.slow
 def test_a_submitit_local_sweep_runs_both_jobs_to_their_own_outputs(smoke_overrides, tmp_path):
     sweep = tmp_path / "sweep"
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
@@ -150,6 +153,7 @@ def test_a_submitit_local_sweep_runs_both_jobs_to_their_own_outputs(smoke_overri
     assert (sweep / ".submitit").is_dir()
 
 
+@pytest.mark.slow
 def test_ddp_is_refused_where_lightning_cannot_start_the_other_ranks(ddp_args, tmp_path):
     sweep = tmp_path / "sweep"
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]

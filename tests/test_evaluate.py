@@ -51,6 +51,7 @@ def evaluated(run_dir: Path, eval_dir: Path, *args: str) -> dict:
     return json.loads((eval_dir / "eval.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["reconstruction", "colorization"])
 def test_eval_repeats_the_runs_test_metrics_exactly(task, trained, tmp_path):
     run_dir = trained(task)
@@ -65,6 +66,7 @@ def test_eval_repeats_the_runs_test_metrics_exactly(task, trained, tmp_path):
     assert results["data"] == run_data
 
 
+@pytest.mark.slow
 def test_eval_on_another_folder(trained, tmp_path):
     run_dir = trained("reconstruction")
     other = make_image_folder(tmp_path / "other", train_per_class=10, test_per_class=4)
@@ -78,6 +80,7 @@ def test_eval_on_another_folder(trained, tmp_path):
     assert all(results["metrics"][key] != test[key] for key in ("mse", "psnr", "ssim"))
 
 
+@pytest.mark.slow
 def test_eval_of_the_validation_split_repeats_the_best_checkpoints_score(trained, tmp_path):
     run_dir = trained("reconstruction")
     results = evaluated(run_dir, tmp_path / "eval", "split=val")
@@ -89,6 +92,7 @@ def test_eval_of_the_validation_split_repeats_the_best_checkpoints_score(trained
     assert results["metrics"]["loss"] == best.item()  # the val/loss best.ckpt was chosen by
 
 
+@pytest.mark.slow
 def test_the_run_config_resolves_outside_hydra(trained, tmp_path):
     cfg = load_run_config(trained("reconstruction"), tmp_path)
     assert OmegaConf.to_container(cfg, resolve=True)["paths"]["output_dir"] == str(tmp_path)
@@ -105,6 +109,7 @@ def eval_config(overrides: list[str], output_dir: Path):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -140,6 +145,7 @@ def test_bad_inputs_are_explained_and_leave_no_eval_dir(
     assert not eval_dir.exists()
 
 
+@pytest.mark.slow
 def test_a_missing_checkpoint_from_the_command_line(tmp_path):
     result = run_eval(f"ckpt_path={tmp_path / 'none.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert result.returncode == 2
@@ -147,6 +153,7 @@ def test_a_missing_checkpoint_from_the_command_line(tmp_path):
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.slow
 def test_eval_never_writes_into_the_run_dir(trained):
     run_dir = trained("reconstruction")
     before = snapshot(run_dir)
@@ -155,6 +162,7 @@ def test_eval_never_writes_into_the_run_dir(trained):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_eval_help_says_what_it_does_without_loading_torch():
     result = run_eval("--help", timeout=60)
     assert result.returncode == 0 and "ckpt_path=RUN/checkpoints/best.ckpt" in result.stdout

@@ -57,6 +57,7 @@ def source(trained) -> Path:
     return trained("reconstruction")
 
 
+@pytest.mark.slow
 def test_ckpt_path_continues_the_full_state_into_a_new_run_dir(source, image_folder, tmp_path):
     before = tree(source)
     last = source / "checkpoints" / "last.ckpt"
@@ -83,6 +84,7 @@ def test_ckpt_path_continues_the_full_state_into_a_new_run_dir(source, image_fol
     assert tree(source) == before  # the checkpoint's run is only read
 
 
+@pytest.mark.slow
 def test_init_weights_starts_a_new_run_at_epoch_0_from_the_weights(source, image_folder, tmp_path):
     before = tree(source)
     best = source / "checkpoints" / "best.ckpt"
@@ -154,6 +156,7 @@ REFUSALS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", REFUSALS)
 def test_a_ckpt_path_that_cannot_continue_is_refused_before_a_run_dir(
     case, source, image_folder, tmp_path, capsys
@@ -219,6 +222,7 @@ def test_a_one_cycle_continuation_keeps_its_runs_length(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_ckpt_path_never_writes_into_the_checkpoints_run(source, image_folder, tmp_path, capsys):
     """The new run's dir is its own: the checkpoint's run dir is refused as one (run_dir_guard)."""
     before = tree(source)

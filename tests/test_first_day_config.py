@@ -70,6 +70,7 @@ def test_a_key_no_constructor_takes_is_refused_with_a_suggestion(overrides, mess
     assert message in str(refused.value)
 
 
+@pytest.mark.slow
 def test_a_trainer_flag_without_plus_reaches_the_trainer(smoke_overrides, tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(

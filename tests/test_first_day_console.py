@@ -42,6 +42,7 @@ def assert_quiet(result, run_dir: Path) -> None:
     assert Counter(log)["Seed set to 42"] == Counter(screen)["Seed set to 42"] == 1
 
 
+@pytest.mark.slow
 def test_a_smoke_run_prints_each_line_once_and_no_noise(smoke_overrides, tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(*smoke_overrides, f"hydra.run.dir={run_dir}")
@@ -50,6 +51,7 @@ def test_a_smoke_run_prints_each_line_once_and_no_noise(smoke_overrides, tmp_pat
     assert [p.name for p in (run_dir / "tensorboard").iterdir()] == [SMOKE_NAME]
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_run_is_quiet_and_one_tensorboard_run(smoke_overrides, tmp_path):
     run_dir = tmp_path / "run"
     stop = ["+callbacks.stop._target_=tests.stop_phases.SignalInPhase", "+callbacks.stop.phase=fit"]
@@ -72,6 +74,7 @@ def test_a_stopped_and_resumed_run_is_quiet_and_one_tensorboard_run(smoke_overri
     assert set(named.glob("events.out.tfevents.*")) > before
 
 
+@pytest.mark.slow
 def test_each_job_of_a_sweep_is_named_by_its_own_overrides(smoke_overrides, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_cli("-m", *smoke_overrides, "loss=bce,mse", f"hydra.sweep.dir={sweep_dir}")
@@ -145,6 +148,7 @@ class FirstBatch(L.Callback):
             self.seen = (bar.desc, bar.n, bar.total, bar.initial)
 
 
+@pytest.mark.slow
 def test_a_run_resumed_mid_epoch_shows_its_epoch_and_total(image_folder, tmp_path):
     cfg = compose_config(
         ["data=folder", f"data.root={image_folder}", "data.batch_size=8", "data.subset=null"],

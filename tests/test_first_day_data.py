@@ -141,6 +141,7 @@ def test_train_py_refuses_the_root_above_with_the_one_that_works(tmp_path):
 # The report's status words -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_report_calls_an_interrupted_run_interrupted_and_says_how_to_resume(trained, tmp_path):
     run = tmp_path / "stopped"
     shutil.copytree(trained("reconstruction"), run)
@@ -183,6 +184,7 @@ def test_statuses_are_the_recorded_ones_and_crashed_only_without_one(tmp_path):
 # The start line of loss=ce -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_ce_start_line_names_the_ab_target_and_the_bin_logits(
     smoke_overrides, tmp_path, caplog
 ):
@@ -224,6 +226,7 @@ def run_dir_table() -> set[str]:
     return {name for row in rows for name in re.findall(r"`([^`]+)`", row)}
 
 
+@pytest.mark.slow
 def test_the_run_dir_table_lists_exactly_what_a_finished_run_holds(trained):
     run = trained("reconstruction")
     named = run_dir_table()

@@ -9,6 +9,8 @@ import pytest
 from aelab.runtime.train import train
 from tests.conftest import compose_config
 
+pytestmark = pytest.mark.slow
+
 CIFAR10_JPG = os.environ.get("AELAB_CIFAR10_JPG")
 
 

@@ -157,6 +157,7 @@ def eval_config(checkpoint: Path, eval_dir: Path):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SAVED_CONFIG_ATTACKS)
 def test_a_foreign_saved_config_builds_nothing_at_any_entry_point(name, genuine, tmp_path, capsys):
     marker = tmp_path / "marker"
@@ -196,6 +197,7 @@ def package_header(marker: Path) -> str:
     return "# @package hydra\n" + yaml.safe_dump({"job_logging": logging_})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("text", "message"),
     [(package_header, "header directive"), (lambda marker: alias_bomb(), "YAML aliases")],
@@ -214,6 +216,7 @@ def test_a_saved_config_file_hydra_would_misread_is_refused_unread(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_command_lines_exit_2_naming_the_target(genuine, tmp_path):
     marker = tmp_path / "marker"
     attack(genuine, "optimizer", marker)
@@ -263,6 +266,7 @@ CHECKPOINT_ATTACKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CHECKPOINT_ATTACKS)
 def test_a_foreign_checkpoint_builds_nothing_at_any_entry_point(name, genuine, tmp_path, capsys):
     part, edit, message = CHECKPOINT_ATTACKS[name]
@@ -288,6 +292,7 @@ def test_a_foreign_checkpoint_builds_nothing_at_any_entry_point(name, genuine, t
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["ckpt_path", "init_weights"])
 def test_train_exits_2_for_a_foreign_checkpoint(key, genuine, image_folder, tmp_path):
     path = genuine / "checkpoints" / "best.ckpt"
@@ -307,6 +312,7 @@ def test_train_exits_2_for_a_foreign_checkpoint(key, genuine, image_folder, tmp_
     assert not (tmp_path / "marker").exists()
 
 
+@pytest.mark.slow
 def test_a_genuine_run_passes_every_reader(genuine, tmp_path):
     """No false refusal: the smoke run's own config and checkpoint are read everywhere, and so is
     text from Hydra's facts about a run, which resolves only inside Hydra."""

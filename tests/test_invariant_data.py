@@ -106,6 +106,7 @@ def report_splits(run_dir: Path) -> dict[str, torch.Tensor]:
     return recorded_splits([run_dir], data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", CHANGES)
 def test_every_entry_point_refuses_changed_data_naming_the_change(
     change, relative_run, tmp_path, monkeypatch, capsys
@@ -129,6 +130,7 @@ def test_every_entry_point_refuses_changed_data_naming_the_change(
     assert json.loads((run_dir / "metrics.json").read_text()) == before
 
 
+@pytest.mark.slow
 def test_unchanged_data_is_the_runs_from_any_working_dir(relative_run, tmp_path, monkeypatch):
     run_dir, root, elsewhere = relative_run
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
@@ -145,6 +147,7 @@ def test_unchanged_data_is_the_runs_from_any_working_dir(relative_run, tmp_path,
     assert json.loads((run_dir / "metrics.json").read_text())["test"] == test
 
 
+@pytest.mark.slow
 def test_eval_on_other_data_by_root_alone_keeps_the_runs_settings(
     relative_run, tmp_path, monkeypatch
 ):
@@ -161,6 +164,7 @@ def test_eval_on_other_data_by_root_alone_keeps_the_runs_settings(
     assert results["split_size"] == round(0.1 * 72)  # the run's fractions on the 72 images there
 
 
+@pytest.mark.slow
 def test_data_json_holds_the_identity_and_its_parts(relative_run):
     run_dir, root, _ = relative_run
     saved = json.loads((run_dir / "data.json").read_text())
@@ -172,6 +176,7 @@ def test_data_json_holds_the_identity_and_its_parts(relative_run):
     assert all(len(saved[key]) == 64 for key in ("id", "fingerprint", "split_hash"))
 
 
+@pytest.mark.slow
 def test_a_run_from_before_data_json_says_so(relative_run, tmp_path, monkeypatch, caplog):
     run_dir, root, elsewhere = relative_run
     old = tmp_path / "old"
@@ -276,6 +281,7 @@ def test_a_broken_pca_cache_is_refitted(tmp_path, caplog):
     assert "is broken" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_cache_over_the_file_size_limit_costs_speed_only(image_folder, tmp_path):
     """`ulimit -f 500`: the decoded folder (300 KB) cannot be written; the run's data loads."""
     cache = tmp_path / "cache"

@@ -119,6 +119,7 @@ def test_a_refused_start_takes_away_the_empty_parents_it_made_and_only_those(tmp
     assert tree(tmp_path) == before and folder.is_dir()
 
 
+@pytest.mark.slow
 def test_eval_of_a_mistyped_checkpoint_into_a_users_logs_dir_keeps_it(tmp_path):
     logs = users_dir(tmp_path / "logs")
     before = tree(logs)
@@ -140,6 +141,7 @@ def test_a_sweep_with_a_bad_job_into_a_users_results_dir_keeps_it(image_folder, 
     assert tree(res) == {"notes.md": b"n\n"}
 
 
+@pytest.mark.slow
 def test_a_sweeps_ended_job_is_kept_when_a_later_job_is_refused(tmp_path):
     """The sweep dir, its multirun.yaml and job 0 stay; job 1, refused, leaves nothing."""
     res = tmp_path / "res"

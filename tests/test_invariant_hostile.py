@@ -24,6 +24,7 @@ from tests.conftest import make_image_folder, run_cli
 from tests.test_evaluate import run_eval, snapshot
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_test_limit_that_rounds_to_no_batch(trained, tmp_path):
     run_dir = trained("reconstruction")
     eval_dir = tmp_path / "eval"
@@ -38,6 +39,7 @@ def test_eval_refuses_a_test_limit_that_rounds_to_no_batch(trained, tmp_path):
     assert not eval_dir.exists()  # refused before the eval dir was made
 
 
+@pytest.mark.slow
 def test_load_from_checkpoint_names_network_settings_that_are_not_a_networks(trained, tmp_path):
     checkpoint = torch.load(
         trained("reconstruction") / "checkpoints" / "best.ckpt", weights_only=True
@@ -51,6 +53,7 @@ def test_load_from_checkpoint_names_network_settings_that_are_not_a_networks(tra
         assert str(refusal.value).startswith(str(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_the_way", ["report.md", "figures"])
 def test_report_refuses_an_unwritable_output_before_its_work_starts(
     in_the_way, trained, tmp_path, capsys, monkeypatch
@@ -64,6 +67,7 @@ def test_report_refuses_an_unwritable_output_before_its_work_starts(
     assert f"{blocker} is a" in err and err.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 def test_a_failed_write_keeps_the_earlier_output_and_leaves_no_temporary(
     trained, tmp_path, capsys, monkeypatch
 ):
@@ -88,6 +92,7 @@ def test_a_failed_write_keeps_the_earlier_output_and_leaves_no_temporary(
     assert sorted(path.name for path in out.iterdir()) == ["photo.png"]
 
 
+@pytest.mark.slow
 def test_resume_of_an_eval_dir_is_refused_and_leaves_it_as_it_was(trained, tmp_path):
     eval_dir = tmp_path / "eval"
     checkpoint = trained("reconstruction") / "checkpoints" / "best.ckpt"
@@ -112,6 +117,7 @@ def test_an_edited_sweep_json_is_named_not_a_traceback(manifest, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_report_shows_a_stopped_sweeps_jobs_not_run(trained, tmp_path):
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(trained("reconstruction"), sweep_dir / "0")
@@ -125,6 +131,7 @@ def test_the_report_shows_a_stopped_sweeps_jobs_not_run(trained, tmp_path):
     assert f"Continue with `python train.py resume={sweep_dir}`." in text
 
 
+@pytest.mark.slow
 def test_a_run_dir_inside_its_own_data_root_is_refused_leaving_the_images_as_they_were(tmp_path):
     images = make_image_folder(tmp_path / "images", train_per_class=20, test_per_class=5)
     before = snapshot(images)
@@ -138,6 +145,7 @@ def test_a_run_dir_inside_its_own_data_root_is_refused_leaving_the_images_as_the
     assert snapshot(images) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", [{"root": 7}, {"id": None}, {"root": ["/data"]}])
 def test_a_data_json_edited_to_other_types_is_named_not_a_traceback(edit, trained, tmp_path):
     run_dir = shutil.copytree(trained("reconstruction"), tmp_path / "run")
@@ -162,6 +170,7 @@ def test_a_jobs_edited_overrides_yaml_is_named_when_the_sweep_continues(override
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_run_dir_given_as_the_checkpoint_is_named_as_a_directory(trained):
     run_dir = trained("reconstruction")
     with pytest.raises(AelabError, match="is a directory, not a checkpoint file"):

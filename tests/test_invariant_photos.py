@@ -77,6 +77,7 @@ def random_network(name):
     return network
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETWORKS)
 def test_tiles_equal_one_whole_run(name, tmp_path):
     network = random_network(name)
@@ -133,6 +134,7 @@ def test_exif_orientation_is_honoured_in_every_window(orientation, tmp_path):
         assert np.allclose(got, upright[3:31, 5:17])
 
 
+@pytest.mark.slow
 def test_a_rotated_photo_comes_out_as_displayed(trained, tmp_path):
     checkpoint = trained("colorization") / "checkpoints" / "best.ckpt"
     path = tmp_path / "phone.jpg"
@@ -156,6 +158,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow
 def test_a_large_photo_is_colorized_under_1_gb(trained, tmp_path):
     checkpoint = trained("colorization") / "checkpoints" / "best.ckpt"
     photo = smooth_photo(tmp_path / "large.jpg", 2000, 3000)  # 6 MP: decoded whole, 24 MB
@@ -192,6 +195,7 @@ def huge_png_header(path, width: int, height: int, colour_type: int = 2) -> None
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_size_guard_says_the_bound_in_one_paragraph_and_exits_2(trained, tmp_path):
     checkpoint = trained("colorization") / "checkpoints" / "best.ckpt"
     small = smooth_photo(tmp_path / "small.png", 20, 20)
@@ -244,6 +248,7 @@ def test_png_stream_writes_what_pillow_reads(tmp_path):
         short.close()
 
 
+@pytest.mark.slow
 def test_the_prediction_path_does_not_import_lightning():
     """Lightning's import alone takes 300 MB of the 1 GB bound."""
     code = "import sys, aelab.analysis.predict; print(json.dumps('lightning' in sys.modules))"
@@ -254,6 +259,7 @@ def test_the_prediction_path_does_not_import_lightning():
     assert json.loads(done.stdout) is False
 
 
+@pytest.mark.slow
 def test_a_truncated_photo_is_named_as_the_input_and_leaves_no_temporary(trained, tmp_path, capsys):
     checkpoint = trained("colorization") / "checkpoints" / "best.ckpt"
     whole = smooth_photo(tmp_path / "whole.jpg", 300, 400)

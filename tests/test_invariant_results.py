@@ -167,6 +167,7 @@ def test_a_split_smaller_than_a_batch_is_one_batch_not_none():
         check_every_loop_gets_a_batch(half, data)
 
 
+@pytest.mark.slow
 def test_a_fraction_that_rounds_to_no_batch_stops_the_run_before_fit(smoke_overrides, tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(
@@ -405,6 +406,7 @@ def test_a_resumed_run_keeps_the_reference_of_its_start():
         )
 
 
+@pytest.mark.slow
 def test_adam_at_lr_1e3_ends_diverged_not_completed(smoke_overrides, tmp_path):
     """The issue's case: it ended "completed" with a test BCE of 1.9e15."""
     run_dir = tmp_path / "run"

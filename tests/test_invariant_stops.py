@@ -106,6 +106,7 @@ PHASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("phase", "name"), PHASES, ids=[f"{p}-{n}" for p, n in PHASES])
 def test_a_signal_in_any_phase_interrupts_and_the_printed_resume_finishes_the_run(
     phase, name, run_args, reference, tmp_path
@@ -116,6 +117,7 @@ def test_a_signal_in_any_phase_interrupts_and_the_printed_resume_finishes_the_ru
     assert_resume_completes(result, run_dir, reference, signal.Signals[name])
 
 
+@pytest.mark.slow
 def test_a_signal_while_the_results_are_written_interrupts_and_resume_writes_them(
     run_args, reference, tmp_path
 ):
@@ -125,6 +127,7 @@ def test_a_signal_while_the_results_are_written_interrupts_and_resume_writes_the
     assert_resume_completes(result, run_dir, reference, signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_a_run_dir_moved_after_a_stop_finishes_with_its_best_checkpoint(
     run_args, reference, tmp_path
 ):
@@ -155,6 +158,7 @@ def test_a_run_dir_moved_after_a_stop_finishes_with_its_best_checkpoint(
     assert (state["dirpath"], state["best_model_path"]) == (".", "best.ckpt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["callbacks.checkpoint.dirpath", "logger.tensorboard.save_dir"])
 def test_checkpoints_or_logs_outside_the_run_dir_are_refused_before_the_run(
     key, run_args, tmp_path
@@ -167,6 +171,7 @@ def test_checkpoints_or_logs_outside_the_run_dir_are_refused_before_the_run(
     assert not elsewhere.exists()
 
 
+@pytest.mark.slow
 def test_resuming_a_run_whose_saved_widths_were_edited_is_refused_and_keeps_its_status(
     run_args, tmp_path
 ):
@@ -188,6 +193,7 @@ def test_resuming_a_run_whose_saved_widths_were_edited_is_refused_and_keeps_its_
     assert (run_dir / "metrics.json").read_bytes() == status
 
 
+@pytest.mark.slow
 def test_a_stopped_sweep_lists_its_unrun_job_and_resume_finishes_it(run_args, reference, tmp_path):
     """SIGTERM to a local sweep during job 0: exit 143, the sweep's command offered, job 1 listed
     as not run; `resume=SWEEP_DIR` resumes job 0 and runs job 1, each as a run of its own."""

@@ -117,6 +117,7 @@ SHAPE_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("channels", "settings"), SHAPE_CASES, ids=map(str, range(len(SHAPE_CASES)))
 )
@@ -220,6 +221,7 @@ def test_a_network_with_skips_has_no_decoder_of_its_own():
         network(torch.rand(1, 3, 30, 30))  # 30 → 15 → 7 → 14: the 15×15 stage cannot join
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", OPTIONS.values(), ids=OPTIONS)
 def test_the_bin_head_works_with_every_option(settings):
     network = family_network((1, Q), settings)
@@ -261,6 +263,7 @@ def strong(network):
     return network
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TILED)
 def test_tiles_equal_one_whole_run_for_the_new_layers(name, tmp_path):
     network = strong(TILED[name])
@@ -283,6 +286,7 @@ def test_a_group_normed_network_runs_whole_or_is_refused(tmp_path):
         tiled_and_whole(network, path, lambda t: {"core": 32}, finish=lambda x: x)
 
 
+@pytest.mark.slow
 def test_a_run_states_the_chosen_code_and_the_skips_in_its_start_line_and_metrics(
     smoke_overrides, tmp_path, caplog
 ):
@@ -330,6 +334,7 @@ def test_stating_the_bin_heads_shape_leaves_batch_norms_statistics_alone():
     assert task.training and task.model.encoder[1].training  # back in the mode it was in
 
 
+@pytest.mark.slow
 def test_the_rate_distortion_study_sweeps_each_network_over_four_code_sizes():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate

@@ -64,6 +64,7 @@ def weights(task: L.LightningModule) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in task.parameters()])
 
 
+@pytest.mark.slow
 def test_cosine_scheduler_steps_once_per_epoch(image_folder, tmp_path):
     _, _, probe = fitted(
         image_folder, tmp_path, ["scheduler=cosine", "trainer.max_epochs=4"], epochs=4
@@ -73,6 +74,7 @@ def test_cosine_scheduler_steps_once_per_epoch(image_folder, tmp_path):
     assert len(set(probe.step_lrs[:5])) == 1  # constant inside the first epoch
 
 
+@pytest.mark.slow
 def test_onecycle_steps_per_batch_over_the_runs_own_length(image_folder, tmp_path):
     overrides = ["scheduler=onecycle", "scheduler.scheduler.max_lr=0.01"]
     _, trainer, probe = fitted(image_folder, tmp_path, overrides, epochs=3)
@@ -96,6 +98,7 @@ def test_plateau_scheduler_monitors_val_loss(image_folder, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_trainer_clipping_bounds_the_gradient_norm(image_folder, tmp_path):
     _, _, free = fitted(image_folder, tmp_path / "free", steps=3)
     _, _, clipped = fitted(image_folder, tmp_path / "clip", steps=3, gradient_clip_val=1e-3)
@@ -103,6 +106,7 @@ def test_trainer_clipping_bounds_the_gradient_norm(image_folder, tmp_path):
     assert max(clipped.grad_norms) <= 1e-3 * (1 + 1e-5)
 
 
+@pytest.mark.slow
 def test_accumulating_two_batches_of_32_gives_the_weights_of_one_batch_of_64(
     image_folder, tmp_path
 ):
@@ -118,6 +122,7 @@ def test_accumulating_two_batches_of_32_gives_the_weights_of_one_batch_of_64(
     assert not torch.allclose(weights(one), untrained, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_epoch_training_loss_counts_each_batch_once(image_folder, tmp_path):
     """LBFGS evaluates a batch several times and accumulation divides the loss: the logged
     epoch mean is still the mean of each batch's loss."""
@@ -144,6 +149,7 @@ def test_an_argument_the_optimizer_does_not_take_is_refused(overrides, message, 
         check_config(cfg)
 
 
+@pytest.mark.slow
 def test_clipping_accumulation_scheduler_and_lbfgs_run_from_the_command_line(
     smoke_overrides, tmp_path
 ):
@@ -252,6 +258,7 @@ def test_resume_refuses_a_manual_optimization_checkpoint_before_hydra_starts(
         resume_arguments([f"resume={run_dir}"])
 
 
+@pytest.mark.slow
 def test_a_bare_torch_scheduler_node_steps_per_epoch(image_folder, tmp_path):
     """The command line a user tries first: +scheduler._target_=... with its arguments."""
     overrides = [

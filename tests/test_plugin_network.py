@@ -158,6 +158,7 @@ def plugin_run(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_a_plugin_run_records_its_network_and_code(plugin_run):
     metrics = json.loads((plugin_run / "metrics.json").read_text())
     assert metrics["model"]["_target_"] == TINY and metrics["model"]["width"] == 8
@@ -169,6 +170,7 @@ def test_a_plugin_run_records_its_network_and_code(plugin_run):
     assert checkpoint["aelab"]["model"] == checkpoint["hyper_parameters"]["model"] == spec
 
 
+@pytest.mark.slow
 def test_a_saved_plugin_run_is_refused_unless_its_module_is_named(plugin_run, tmp_path):
     checkpoint = plugin_run / "checkpoints" / "best.ckpt"
     for read in (
@@ -196,6 +198,7 @@ def test_a_saved_plugin_run_is_refused_unless_its_module_is_named(plugin_run, tm
         resume_arguments([f"resume={stopped}", "seed=1"])
 
 
+@pytest.mark.slow
 def test_a_plugin_run_is_evaluated_resumed_and_reconstructed(plugin_run, tmp_path):
     checkpoint = plugin_run / "checkpoints" / "best.ckpt"
     eval_dir = tmp_path / "eval"
@@ -236,6 +239,7 @@ def smoke_on_plugin_data(plugin_run: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("start", "epochs"), [("init_weights", 1), ("ckpt_path", 3)])
 def test_a_new_run_starts_from_a_plugin_checkpoint(plugin_run, tmp_path, start, epochs):
     """The new run's own config names the network: its module is trusted without being named."""
@@ -250,6 +254,7 @@ def test_a_new_run_starts_from_a_plugin_checkpoint(plugin_run, tmp_path, start, 
     assert metrics[key] == str(last) and metrics["model"]["_target_"] == TINY
 
 
+@pytest.mark.slow
 def test_a_seed_run_does_not_read_a_plugin_checkpoint(plugin_run, tmp_path):
     """A config that names the seed network trusts no other module: the checkpoint is refused."""
     result = run_cli(
@@ -259,6 +264,7 @@ def test_a_seed_run_does_not_read_a_plugin_checkpoint(plugin_run, tmp_path):
     assert result.returncode == 2 and "names 'tests.plugins.tiny_net.TinyNet'" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_colorization_plugin_with_loss_ce_is_colorized(tmp_path):
     write_images(tmp_path / "images" / "train" / "a", 60)
     write_images(tmp_path / "images" / "test" / "a", 20, seed=1)

@@ -47,6 +47,7 @@ def lightness(path) -> torch.Tensor:
     return rgb_to_lab_normalized(rgb.permute(2, 0, 1)[None])[:, 0] * 100
 
 
+@pytest.mark.slow
 def test_colorize_keeps_size_and_lightness_of_any_image(checkpoints, odd_images, tmp_path):
     out = tmp_path / "out"
     assert main("colorization", [*map(str, odd_images), "--ckpt", str(checkpoints["colorization"]),
@@ -59,6 +60,7 @@ def test_colorize_keeps_size_and_lightness_of_any_image(checkpoints, odd_images,
         assert difference.max() < 1.5 and difference.mean() < 0.4  # L units (0-100): 8-bit rounding
 
 
+@pytest.mark.slow
 def test_colorize_with_a_ce_checkpoint_keeps_size_and_lightness_and_decodes_at_a_temperature(
     checkpoints, odd_images, tmp_path, capsys
 ):
@@ -81,6 +83,7 @@ def test_colorize_with_a_ce_checkpoint_keeps_size_and_lightness_and_decodes_at_a
     assert "--temperature must be ≥ 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_reconstruct_writes_same_size_rgb(checkpoints, odd_images, tmp_path):
     assert main("reconstruction", [str(odd_images[0]), "--ckpt", str(checkpoints["reconstruction"]),
                                    "--out-dir", str(tmp_path / "r")]) == 0  # fmt: skip
@@ -88,6 +91,7 @@ def test_reconstruct_writes_same_size_rgb(checkpoints, odd_images, tmp_path):
         assert image.size == (50, 37)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_the_other_task_is_refused(checkpoints, odd_images, tmp_path, capsys):
     code = main("colorization", [str(odd_images[0]), "--ckpt", str(checkpoints["reconstruction"]),
                                  "--out-dir", str(tmp_path / "x")])  # fmt: skip
@@ -96,6 +100,7 @@ def test_a_checkpoint_of_the_other_task_is_refused(checkpoints, odd_images, tmp_
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_missing_and_unreadable_inputs_are_named(checkpoints, tmp_path, capsys):
     ckpt = str(checkpoints["colorization"])
     assert (
@@ -135,6 +140,7 @@ def run_main(task, inputs, ckpt, out_dir, *extra) -> int:
     return main(task, [*map(str, inputs), "--ckpt", str(ckpt), "--out-dir", str(out_dir), *extra])
 
 
+@pytest.mark.slow
 def test_an_output_onto_an_input_is_refused_even_with_overwrite(checkpoints, tmp_path, capsys):
     rng = np.random.default_rng(1)
     source = tmp_path / "ok.png"
@@ -150,6 +156,7 @@ def test_an_output_onto_an_input_is_refused_even_with_overwrite(checkpoints, tmp
     assert source.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_an_existing_output_is_kept_unless_overwrite(checkpoints, odd_images, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -165,6 +172,7 @@ def test_an_existing_output_is_kept_unless_overwrite(checkpoints, odd_images, tm
     assert sorted(p.name for p in out.iterdir()) == ["photo.png", "scan.png"]  # no temporaries
 
 
+@pytest.mark.slow
 def test_an_out_dir_that_is_a_file_or_not_writable_is_refused(
     checkpoints, odd_images, tmp_path, capsys, monkeypatch
 ):
@@ -187,6 +195,7 @@ def test_an_out_dir_that_is_a_file_or_not_writable_is_refused(
     assert list(read_only.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_script_exits_2_with_one_line_for_an_out_dir_that_is_a_file(checkpoints, tmp_path):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(photo)
@@ -231,6 +240,7 @@ def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path):
         assert np.abs(rgb[0, 1].numpy() - expected).max() < 1e-6, name
 
 
+@pytest.mark.slow
 def test_a_16_bit_png_is_colorized_at_its_own_lightness(checkpoints, tmp_path):
     ramp = np.tile(np.linspace(2000, 60000, 24), (20, 1)).astype(np.uint16)
     source = tmp_path / "deep.png"
@@ -242,6 +252,7 @@ def test_a_16_bit_png_is_colorized_at_its_own_lightness(checkpoints, tmp_path):
     assert difference.max() < 1.5 and expected.min() < 20  # clipped at 255 it would be all 100
 
 
+@pytest.mark.slow
 def test_an_image_over_the_memory_bound_is_one_line_naming_it(
     checkpoints, odd_images, tmp_path, capsys, monkeypatch
 ):

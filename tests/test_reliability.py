@@ -87,6 +87,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     assert metrics[0]["status"] == "completed" and metrics[0] == metrics[1]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(
     run_args, reference, tmp_path
 ):
@@ -111,6 +112,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(
     assert len(timing["seconds_per_epoch"]) == 3
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches(run_args, reference, tmp_path):
     run_dir = tmp_path / "run"
     process = start(*run_args, f"hydra.run.dir={run_dir}")
@@ -127,6 +129,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches(run_args, refere
     assert_same_run(run_dir, reference)
 
 
+@pytest.mark.slow
 def test_a_requeued_slurm_job_continues_its_run_from_the_last_checkpoint(
     run_args, reference, tmp_path
 ):
@@ -162,6 +165,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_saving_always_leaves_a_loadable_last_checkpoint(tmp_path):
     """Never a half-written last.ckpt; what a killed save left goes at the next save."""
     path = tmp_path / "checkpoints" / "last.ckpt"
@@ -204,6 +208,7 @@ def test_a_save_removes_only_the_leftovers_of_processes_that_are_gone(tmp_path):
         live.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     smoke_overrides, tmp_path, monkeypatch
 ):
@@ -329,6 +334,7 @@ def test_resume_of_a_completed_run_exits_2_with_the_reason(tmp_path):
     assert result.returncode == 2 and "has completed" in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_of_a_truncated_last_checkpoint_names_it_and_keeps_the_status(tmp_path):
     run_dir = interrupted_run(tmp_path / "old")
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -371,6 +377,7 @@ def test_random_states_round_trip_through_a_weights_only_checkpoint(form, tmp_pa
     assert drawn[2] == again[2]
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(
     widths=st.lists(st.integers(1, 6), min_size=1, max_size=4),

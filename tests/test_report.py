@@ -68,6 +68,7 @@ def table_rows(report: str) -> list[dict[str, str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_the_table_lists_every_run_with_its_overrides_and_status(sweep):
     rows = {row["run"].strip("`"): row for row in table_rows((sweep / "report.md").read_text())}
     assert set(rows) == {"0", "1", "2", "3", "4", "5", "6", "baseline"}
@@ -90,6 +91,7 @@ def test_the_table_lists_every_run_with_its_overrides_and_status(sweep):
     assert rows["6"]["status"] == "crashed" and "no metrics.json" in rows["6"]["note"]
 
 
+@pytest.mark.slow
 def test_runs_and_baselines_are_ranked_best_first_then_the_unfinished(sweep):
     rows = table_rows((sweep / "report.md").read_text())
     ranked = [row for row in rows if row["status"] in ("completed", "baseline")]
@@ -102,6 +104,7 @@ def test_runs_and_baselines_are_ranked_best_first_then_the_unfinished(sweep):
     }
 
 
+@pytest.mark.slow
 def test_bce_minus_floor_uses_the_runs_own_test_split(sweep, image_folder):
     data = ImageDataModule(
         source="folder", root=str(image_folder), cache_dir=str(sweep.parent / "cache")
@@ -115,6 +118,7 @@ def test_bce_minus_floor_uses_the_runs_own_test_split(sweep, image_folder):
             assert float(row["bce − floor"]) == pytest.approx(float(row["bce"]) - floor, abs=2e-4)
 
 
+@pytest.mark.slow
 def test_every_figure_and_grid_the_report_links_is_a_png(sweep):
     report = (sweep / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
@@ -138,6 +142,7 @@ def test_a_network_at_several_code_sizes_is_one_line_of_the_rate_distortion_figu
     assert network_label("loss=mse pooling=none") == "loss=mse pooling=none"
 
 
+@pytest.mark.slow
 def test_a_single_run_dir_gets_its_own_report(sweep, tmp_path):
     run_dir = shutil.copytree(sweep / "2", tmp_path / "one-run")
     text = write_report(run_dir).read_text()
@@ -146,6 +151,7 @@ def test_a_single_run_dir_gets_its_own_report(sweep, tmp_path):
     assert "(preview.png)" in text and "loss=mse" in text
 
 
+@pytest.mark.slow
 def test_a_dir_without_runs_fails_clearly(tmp_path):
     with pytest.raises(AelabError, match="holds no runs"):
         write_report(tmp_path)
@@ -196,6 +202,7 @@ def test_status_tells_running_from_dead():
     assert run_status({"status": "running", "pid": 1, "host": "elsewhere"}, run)[0] == "running"
 
 
+@pytest.mark.slow
 def test_a_colorization_run_is_tabled_against_the_grayscale_prediction(smoke_overrides, tmp_path):
     run_dir = tmp_path / "colorization"
     overrides = [*smoke_overrides, "task=colorization"]
@@ -303,6 +310,7 @@ def test_a_bad_config_makes_its_run_unreadable_with_the_reason(config_text, reas
     assert run.detail.startswith(reason)
 
 
+@pytest.mark.slow
 def test_bad_runs_beside_good_ones_are_listed_as_unreadable_and_the_rest_reported(sweep, tmp_path):
     copy = shutil.copytree(sweep, tmp_path / "sweep", ignore=shutil.ignore_patterns("report.md"))
     good = (copy / "0" / "metrics.json").read_text()
@@ -359,6 +367,7 @@ def copied_runs(trained_run: Path, sweep: Path, roots: list[str], ids: list[str 
             (run / "data.json").write_text(json.dumps({"id": data_id, "root": root}))
 
 
+@pytest.mark.slow
 def test_runs_on_the_same_data_share_one_group_and_one_data_load(
     trained, image_folder, tmp_path, monkeypatch
 ):

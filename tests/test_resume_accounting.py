@@ -89,6 +89,7 @@ def assert_same_epoch_numbers(resumed: Path, reference: Path) -> list[float]:
     return resumed_seconds
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_logs_the_uninterrupted_epoch_loss_and_the_real_epoch_time(
     run_args, reference, tmp_path
 ):
@@ -114,6 +115,7 @@ def test_a_run_killed_mid_epoch_logs_the_uninterrupted_epoch_loss_and_the_real_e
     assert resumed_seconds[0] > elapsed_before_kill  # the time before the kill is counted
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_its_epochs_last_step_checkpoint_logs_that_epoch_once(
     run_args, reference, tmp_path
 ):

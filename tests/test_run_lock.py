@@ -79,6 +79,7 @@ def start_stand_in(*args: str, cwd: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_of_two_starts_in_one_dir_exactly_one_runs_in_20_trials(tmp_path):
     trials = 20
     race = [sys.executable, "-c", RACE, str(REPO), str(tmp_path), str(trials)]
@@ -199,6 +200,7 @@ def test_another_flock_error_is_an_unusable_dir_not_a_missing_flock(tmp_path, mo
         claim(tmp_path / "run", "run")
 
 
+@pytest.mark.slow
 def test_two_sweeps_in_one_dir_run_one_and_each_job_holds_its_dir(tmp_path):
     sweep = tmp_path / "sweep"
     starts = [

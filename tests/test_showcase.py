@@ -3,10 +3,13 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from aelab.analysis.showcase import run_test_split, showcase_rows
 from tests.conftest import CLEAN_ENVIRONMENT, REPO
+
+pytestmark = pytest.mark.slow
 
 
 def run_showcase(*args: str) -> subprocess.CompletedProcess:

@@ -90,6 +90,7 @@ def test_threads_must_be_a_positive_integer(requested):
         threads_per_job(requested, 1, 4)
 
 
+@pytest.mark.slow
 def test_a_joblib_sweep_runs_an_experiment_with_the_cores_shared(smoke_overrides, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_train(
@@ -105,6 +106,7 @@ def test_a_joblib_sweep_runs_an_experiment_with_the_cores_shared(smoke_overrides
         assert timing["torch_threads"] == max(1, available_cores() // 2)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Deprecated API features")  # optuna 2 on SQLAlchemy 1.4
 def test_optuna_search_maximises_val_psnr_and_resumes(smoke_overrides, tmp_path):
     import optuna

@@ -48,6 +48,7 @@ def test_enable_progress_bar_false_alone_turns_the_progress_bar_off(shown, tmp_p
     assert (trainer.progress_bar_callback is not None) is shown
 
 
+@pytest.mark.slow
 def test_timing_covers_every_epoch_when_the_best_checkpoint_is_an_early_one(
     smoke_overrides, tmp_path
 ):
@@ -61,6 +62,7 @@ def test_timing_covers_every_epoch_when_the_best_checkpoint_is_an_early_one(
     assert len(timing["seconds_per_epoch"]) == len(timing["images_per_second"]) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["max", "avg", "none"])
 @pytest.mark.parametrize("loss", ["bce", "mse"])
 def test_smoke_training_writes_a_complete_run(loss, pooling, smoke_overrides, tmp_path):
@@ -82,6 +84,7 @@ def test_smoke_training_writes_a_complete_run(loss, pooling, smoke_overrides, tm
     assert len(timing["seconds_per_epoch"]) == 2 and all(s > 0 for s in timing["seconds_per_epoch"])
 
 
+@pytest.mark.slow
 def test_same_seed_and_config_give_the_same_metrics(smoke_overrides, tmp_path):
     written = []
     for name in ("a", "b"):
@@ -121,6 +124,7 @@ def test_cli_unknown_option_lists_the_choices(tmp_path):
     assert "loss/foo" in result.stderr and "bce" in result.stderr and "mse" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -146,6 +150,7 @@ def test_cli_bad_input_fails_clearly_before_writing_a_run_dir(overrides, message
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_cli_trains_end_to_end(image_folder, tmp_path):
     run_dir = tmp_path / "cli-run"
     result = run_cli(
@@ -163,6 +168,7 @@ def _clear_hydra():
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["bce", "mse"])
 def test_colorization_smoke_training_reports_model_and_grayscale_baseline(
     loss, smoke_overrides, tmp_path
@@ -179,6 +185,7 @@ def test_colorization_smoke_training_reports_model_and_grayscale_baseline(
     assert 5 < test["psnr"] < 60 and test["delta_e"] > 0
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_their_own_dirs(image_folder, tmp_path):
     """Default run dirs carry microseconds, so same-second starts cannot share (and clobber) a dir."""
     args = ["debug=smoke", "data=folder", f"data.root={image_folder}", "data.subset=null",
