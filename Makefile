@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # Two test workers: most tests wait on a train.py subprocess, so two fit in two cores.
 TEST_WORKERS ?= 2
 
-.PHONY: train test test-fast ci-smoke lint format benchmark clean
+.PHONY: train test test-fast ci-smoke lint format clean
 
 # The big install runs without --quiet: pip's own lines and progress bars show what it fetches.
 $(STAMP): pyproject.toml

@@ -98,6 +98,7 @@ def test_lightning_alone_adds_a_row_per_task_measured_in_a_plain_trainer(
         assert step_ms > 0 and bare_ms > 0
 
 
+@pytest.mark.slow
 def test_a_row_per_model_preset_with_its_parameters(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     tiny = ["--repeats", "1", "--epochs", "2", "--batches", "2", "--task", "reconstruction"]
