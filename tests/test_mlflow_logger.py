@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient  # the dev install includes MLflow: nev
 from aelab.config import check_config
 from aelab.errors import AelabError
 from aelab.history import read_history
+from aelab.mlflow_run import absolute
 from tests.conftest import (
     CLEAN_ENVIRONMENT,
     REPO,
@@ -189,3 +190,14 @@ def test_the_check_refuses_any_logger_node_that_needs_mlflow(monkeypatch, tmp_pa
     with pytest.raises(AelabError, match=r"logger\.mlflow: MLflow is not installed.*\[mlflow\]"):
         check_config(cfg)
     check_config(compose_config(["logger=tensorboard"], tmp_path))  # the others need no MLflow
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("sqlite:///runs.db", "sqlite:///{cwd}/runs.db"), ("file:./mlruns", "file:{cwd}/mlruns"),
+     ("sqlite:////abs/m.db", "sqlite:////abs/m.db"), ("file:///abs", "file:///abs"),
+     ("http://host:5000", "http://host:5000"), ("databricks", "databricks")],
+)  # fmt: skip
+def test_a_relative_store_is_recorded_absolute(given, expected, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert absolute(given) == expected.format(cwd=tmp_path.resolve())

@@ -54,11 +54,23 @@ def logger_arguments(node: DictConfig, run_dir: Path) -> dict[str, Any]:
         return {"tracking_uri": record["tracking_uri"], "run_id": record["run_id"]}
     from aelab.loggers import run_name
 
+    given = {"tracking_uri": absolute(node.tracking_uri)} if node.get("tracking_uri") else {}
     return {
+        **given,
         "experiment_name": node.get("experiment_name") or experiment_name(),
         "run_name": node.get("run_name") or run_name(run_dir),
         "tags": {**(node.get("tags") or {}), "aelab.run_dir": str(Path(run_dir).resolve())},
     }
+
+
+def absolute(tracking_uri: str) -> str:
+    """A local store given by a relative path (sqlite:///runs.db, file:./mlruns) as an absolute
+    one, so that RUN/mlflow.json names the same store from any working dir."""
+    for prefix in ("sqlite:///", "file:"):
+        path = tracking_uri.removeprefix(prefix)
+        if path != tracking_uri and not path.startswith(("/", ":memory:")):
+            return prefix + str(Path(path).resolve())
+    return tracking_uri
 
 
 def experiment_name() -> str:
@@ -114,7 +126,10 @@ def open_runs(loggers: list, run_dir: Path, params: dict) -> None:
             run_id = logger.run_id  # creates the run, or finds the recorded one
         except MlflowException as error:
             if record is None:
-                raise
+                raise AelabError(
+                    f"The MLflow store of logger.mlflow.tracking_uri cannot start this run's "
+                    f"MLflow run ({error.message}). Check the URI, or choose another logger."
+                ) from None
             raise AelabError(
                 f"{run_dir / RECORD} names MLflow run {record['run_id']} in "
                 f"{record['tracking_uri']}, which cannot be opened there ({error.message}). "
