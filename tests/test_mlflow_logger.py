@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient  # the dev install includes MLflow: nev
 from aelab.config import check_config
 from aelab.errors import AelabError
 from aelab.history import read_history
-from aelab.mlflow_run import absolute
+from aelab.mlflow_run import absolute, open_run
 from tests.conftest import (
     CLEAN_ENVIRONMENT,
     REPO,
@@ -139,9 +139,11 @@ def test_a_killed_and_resumed_run_is_one_mlflow_run_with_the_uninterrupted_histo
 
 
 def test_a_sweeps_runs_share_one_experiment_named_after_its_config(run_args, tmp_path):
+    """Two parallel jobs (joblib) into a new store: one creates its tables, then the other."""
     store, sweep = tmp_path / "store", tmp_path / "sweep"
     result = run_cli(
-        "-m", "experiment=task1", *run_args, "logger=mlflow",
+        "-m", "experiment=task1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        *run_args, "logger=mlflow",
         f"logger.mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}",
         f"paths.tracking_dir={store}", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
@@ -181,6 +183,23 @@ def test_without_mlflow_logger_mlflow_is_refused_in_one_line_before_the_run(tmp_
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("aelab:")]
     assert 'pip install -e ".[mlflow]"' in line and "logger.mlflow" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_is_one_mlflow_run_so_two_mlflow_loggers_are_refused(tmp_path):
+    cfg = compose_config(["logger=mlflow", "+logger.again=${logger.mlflow}"], tmp_path)
+    with pytest.raises(AelabError, match=r"logger\.mlflow, logger\.again are all MLflow loggers"):
+        check_config(cfg)
+
+
+def test_a_recorded_mlflow_run_missing_from_its_store_is_refused_naming_the_file(tmp_path):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    record = {"tracking_uri": uri, "run_id": "0123456789abcdef0123456789abcdef"}
+    (tmp_path / "mlflow.json").write_text(json.dumps(record))
+    logger = MLFlowLogger(tracking_uri=uri, run_id=record["run_id"])
+    with pytest.raises(AelabError, match=r"mlflow\.json names MLflow run 0123.*remove the file"):
+        open_run(logger, tmp_path, {})
 
 
 def test_the_check_refuses_any_logger_node_that_needs_mlflow(monkeypatch, tmp_path):

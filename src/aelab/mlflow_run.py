@@ -10,8 +10,11 @@ loads neither MLflow nor Lightning: the config check asks it whether MLflow is i
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,17 @@ def names_mlflow(node: Any) -> bool:
     return isinstance(target, str) and target.rpartition(".")[2] == "MLFlowLogger"
 
 
-def missing_mlflow_problem(logger_nodes: Any) -> str | None:
-    """The config check's sentence when a logger needs MLflow and it is not installed."""
+def mlflow_logger_problem(logger_nodes: Any) -> str | None:
+    """The config check's sentence when a logger needs MLflow and it is not installed, or when
+    more than one logger would log the run dir's one MLflow run."""
     if not isinstance(logger_nodes, DictConfig):
         return None
     names = [name for name, node in logger_nodes.items() if names_mlflow(node)]
+    if len(names) > 1:
+        return (
+            f"logger: {', '.join(f'logger.{name}' for name in names)} are all MLflow loggers; a "
+            "run is one MLflow run, logged by one of them"
+        )
     if not names or importlib.util.find_spec("mlflow") is not None:
         return None
     return (
@@ -110,43 +119,82 @@ _RECORD_ADVICE = (
 )
 
 
-def open_runs(loggers: list, run_dir: Path, params: dict) -> None:
-    """Start or reopen each MLflow logger's run now, before training, record it in
-    RUN/mlflow.json (a run killed at any point is continued in the same MLflow run), and give it
-    the resolved config as params: those it lacks, as MLflow keeps a param's first value (a resumed
-    run's config differs in `resume`)."""
-    from lightning.pytorch.loggers import MLFlowLogger
+def build_logger(node: DictConfig, run_dir: Path):
+    """A configured logger, as Hydra builds it; an MLflow one with logger_arguments, and one process
+    at a time per SQLite store (MLflow creates its tables on the first connection)."""
+    from hydra.utils import instantiate
+
+    if not names_mlflow(node):
+        return instantiate(node)
+    with store_lock(store_uri(node, run_dir)):
+        return instantiate(node, **logger_arguments(node, run_dir))
+
+
+def store_uri(node: DictConfig, run_dir: Path) -> str:
+    """The store a logger node logs the run dir's MLflow run to: the recorded one, else its own."""
+    record = read_record(run_dir)
+    return record["tracking_uri"] if record else absolute(node.get("tracking_uri") or "")
+
+
+@contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Held while a process creates a SQLite store's tables or opens its run there: the parallel
+    jobs of a sweep (hydra/launcher=joblib) would find the database locked, or both create the
+    experiment. An flock on the database file, apart from SQLite's own (fcntl) locks."""
+    path = tracking_uri.removeprefix("sqlite:///")
+    if path == tracking_uri or path.startswith(":memory:"):
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as database:
+        fcntl.flock(database, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(database, fcntl.LOCK_UN)
+
+
+def open_runs(nodes: list[DictConfig], loggers: list, run_dir: Path, params: dict) -> None:
+    """Start or reopen each MLflow logger's run now, before training (nodes: the loggers' config
+    nodes, in their order)."""
+    for node, logger in zip(nodes, loggers, strict=True):
+        if names_mlflow(node):
+            with store_lock(store_uri(node, run_dir)):
+                open_run(logger, run_dir, params)
+
+
+def open_run(logger, run_dir: Path, params: dict) -> None:
+    """Start or reopen the logger's MLflow run, record it in RUN/mlflow.json (a run killed at any
+    point is continued in the same MLflow run), and give it the resolved config as params: those
+    it lacks, as MLflow keeps a param's first value (a resumed run's config differs in `resume`)."""
     from mlflow.exceptions import MlflowException
 
-    for logger in loggers:
-        if not isinstance(logger, MLFlowLogger):
-            continue
-        record = read_record(run_dir)
-        try:
-            run_id = logger.run_id  # creates the run, or finds the recorded one
-        except MlflowException as error:
-            if record is None:
-                raise AelabError(
-                    f"The MLflow store of logger.mlflow.tracking_uri cannot start this run's "
-                    f"MLflow run ({error.message}). Check the URI, or choose another logger."
-                ) from None
-            raise AelabError(
-                f"{run_dir / RECORD} names MLflow run {record['run_id']} in "
-                f"{record['tracking_uri']}, which cannot be opened there ({error.message}). "
-                "Restore that store, or remove the file to log the rest of the run as a new "
-                "MLflow run."
-            ) from None
-        client = logger.experiment
+    record = read_record(run_dir)
+    try:
+        run_id = logger.run_id  # creates the run, or finds the recorded one
+    except MlflowException as error:
         if record is None:
-            record = {"tracking_uri": client.tracking_uri, "run_id": run_id}
-            record["experiment_id"] = logger.experiment_id
-            (run_dir / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        else:
-            client.update_run(run_id, status="RUNNING")  # resumed: running again
-        logged = client.get_run(run_id).data.params
-        new = {key: value for key, value in flattened(params).items() if key not in logged}
-        if new:
-            logger.log_hyperparams(new)
+            raise AelabError(
+                f"The MLflow store of logger.mlflow.tracking_uri cannot start this run's "
+                f"MLflow run ({error.message}). Check the URI, or choose another logger."
+            ) from None
+        raise AelabError(
+            f"{run_dir / RECORD} names MLflow run {record['run_id']} in "
+            f"{record['tracking_uri']}, which cannot be opened there ({error.message}). "
+            "Restore that store, or remove the file to log the rest of the run as a new "
+            "MLflow run."
+        ) from None
+    client = logger.experiment
+    if record is None:
+        record = {"tracking_uri": client.tracking_uri, "run_id": run_id}
+        record["experiment_id"] = logger.experiment_id
+        (run_dir / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    else:
+        client.update_run(run_id, status="RUNNING")  # resumed: running again
+    logged = client.get_run(run_id).data.params
+    new = {key: value for key, value in flattened(params).items() if key not in logged}
+    if new:
+        logger.log_hyperparams(new)
 
 
 def log_files(logger, files: dict[str, str | Path]) -> None:

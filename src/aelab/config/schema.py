@@ -38,7 +38,7 @@ from aelab.config.signatures import arguments_of
 from aelab.config.suggest import closest
 from aelab.data.folder_layout import check_folder_root
 from aelab.errors import AelabError
-from aelab.mlflow_run import missing_mlflow_problem
+from aelab.mlflow_run import mlflow_logger_problem
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything hands the seed to
 
@@ -380,8 +380,8 @@ def _cross_problems(cfg: DictConfig, nodes: dict[str, type]) -> list[str]:
     """Rules between two keys: loss=ce is colorization's; the pooled split's fractions leave
     images to train on."""
     problems = _loss_problems(cfg) + _missing_problems(cfg) if "task" in nodes else []
-    if "task" in nodes and (missing := missing_mlflow_problem(cfg.get("logger"))):
-        problems.append(missing)
+    if "task" in nodes and (problem := mlflow_logger_problem(cfg.get("logger"))):
+        problems.append(problem)
     if "data" not in nodes:
         return problems
     return problems + _split_problems(cfg) + (_root_problems(cfg) if "task" in nodes else [])

@@ -116,7 +116,8 @@ def train_trusting(cfg: DictConfig, output_dir: Path) -> float | None:
     trainer, loggers = build_trainer(cfg, bool(resume_from))
     check_every_loop_gets_a_batch(trainer, datamodule)  # before fit: a limit that rounds to 0
     if owner:
-        mlflow_run.open_runs(loggers, output_dir, OmegaConf.to_container(cfg, resolve=True))
+        params = OmegaConf.to_container(cfg, resolve=True)
+        mlflow_run.open_runs(logger_nodes(cfg), loggers, output_dir, params)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and owner and not resume_from:
             logger.experiment.add_text("model/bottleneck", model_facts["summary"])
@@ -242,8 +243,7 @@ def build_trainer(cfg: DictConfig, resumes: bool = False) -> tuple[L.Trainer, li
     history.jsonl, whatever the loggers); a resumed run's loggers go on with the curves logged
     before its stop."""
     run_dir = Path(cfg.paths.output_dir)
-    nodes = [node for node in (cfg.get("logger") or {}).values() if node is not None]
-    loggers = [instantiate(node, **mlflow_run.logger_arguments(node, run_dir)) for node in nodes]
+    loggers = [mlflow_run.build_logger(node, run_dir) for node in logger_nodes(cfg)]
     if resumes:
         keep_csv_rows(loggers)  # TensorBoard adds an event file beside the earlier ones itself
     callbacks = configured_callbacks(cfg)
@@ -263,6 +263,11 @@ def build_trainer(cfg: DictConfig, resumes: bool = False) -> tuple[L.Trainer, li
         plugins=[AtomicCheckpointIO()],
     )
     return trainer, loggers
+
+
+def logger_nodes(cfg: DictConfig) -> list[DictConfig]:
+    """The logger group's nodes, those set to null left out (logger.tensorboard=null)."""
+    return [node for node in (cfg.get("logger") or {}).values() if node is not None]
 
 
 def configured_callbacks(cfg: DictConfig) -> list[L.Callback]:
