@@ -11,12 +11,15 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient  # the dev install includes MLflow: never skipped
 
+from aelab import CONFIG_DIR
 from aelab.config import check_config
 from aelab.errors import AelabError
 from aelab.history import read_history
-from aelab.mlflow_run import absolute, open_run
+from aelab.mlflow_run import absolute, experiment_name, open_run
 from tests.conftest import (
     CLEAN_ENVIRONMENT,
     REPO,
@@ -67,6 +70,8 @@ def reference(run_args, tmp_path_factory) -> Path:
         f"hydra.run.dir={root / 'run'}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "mlflow.store" not in result.stderr and "Creating it" not in result.stderr  # quiet
+    assert "Creating initial MLflow database tables" in (root / "run" / "train.log").read_text()
     return root
 
 
@@ -220,3 +225,19 @@ def test_the_check_refuses_any_logger_node_that_needs_mlflow(monkeypatch, tmp_pa
 def test_a_relative_store_is_recorded_absolute(given, expected, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert absolute(given) == expected.format(cwd=tmp_path.resolve())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [([], "aelab"), (["experiment=task2_pooling"], "task2_pooling"),
+     (["hparams_search=optuna"], "aelab-psnr"),
+     (["hparams_search=optuna", "optimized_metric=val/loss"], "aelab-loss")],
+)  # fmt: skip
+def test_a_run_joins_the_experiment_its_sweep_or_search_is_named_after(overrides, expected):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert experiment_name() == expected
+    finally:
+        HydraConfig.instance().cfg = None

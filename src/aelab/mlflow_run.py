@@ -126,6 +126,11 @@ def build_logger(node: DictConfig, run_dir: Path):
 
     if not names_mlflow(node):
         return instantiate(node)
+    import mlflow  # noqa: F401  (gives its logger a console handler, which would bypass train.log)
+
+    from aelab.runtime.console import logs_through_root
+
+    logs_through_root(("mlflow",))
     with store_lock(store_uri(node, run_dir)):
         return instantiate(node, **logger_arguments(node, run_dir))
 
