@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(if $(CPU_TORCH),$(PYTHON) -m pip install torch torchvision --index-url $(CPU_TORCH_INDEX))
 	@echo "Installing aelab and its dependencies into $(VENV): on Linux torch with its CUDA"
-	@echo "libraries: about 5.9 GB, about 3 minutes on a fast connection (once; SYSTEM_TORCH=1"
+	@echo "libraries: about 6.4 GB, about 3 minutes on a fast connection (once; SYSTEM_TORCH=1"
 	@echo "reuses an installed torch instead, CPU_TORCH=1 takes the CPU build)."
 	$(PYTHON) -m pip install -e ".[dev]"
 	touch $(STAMP)

@@ -15,6 +15,7 @@ import lightning as L
 import pytest
 import torch
 
+from aelab.history import read_history
 from tests.conftest import CLEAN_ENVIRONMENT, make_image_folder, without_test_hooks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,11 @@ def assert_same_epoch_numbers(resumed: Path, reference: Path) -> list[float]:
     assert sorted(expected) == sorted(got) == [0, 1]
     for epoch, loss in expected.items():
         assert got[epoch] == pytest.approx(loss, rel=1e-6, abs=0), epoch
+    history = read_history(resumed / "history.jsonl")  # the logger-independent one: each epoch once
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert [row["train/loss"] for row in history] == pytest.approx(
+        [expected[0], expected[1]], rel=1e-6, abs=0
+    )
     timing = [json.loads((d / "timing.json").read_text()) for d in (reference, resumed)]
     reference_seconds, resumed_seconds = (t["seconds_per_epoch"] for t in timing)
     assert len(resumed_seconds) == 2

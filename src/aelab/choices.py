@@ -12,3 +12,6 @@ SOURCES = ("cifar10", "folder")
 SPLITS = ("pooled", "official")
 EVAL_SPLITS = ("test", "val")  # eval.py's split=: what it scores
 DEFAULT_TEMPERATURE = 0.38  # loss=ce's annealed mean (Zhang et al.)
+# optimized_metric: what a run returns to a sweeper (its last value), and the direction Optuna
+# searches in for it; every task logs these three.
+OPTIMIZED_METRICS = {"val/psnr": "maximize", "val/ssim": "maximize", "val/loss": "minimize"}

@@ -1,7 +1,7 @@
 """python scripts/report.py DIR: what a run or a sweep logged, as DIR/report.md with PNG figures.
 
-Nothing is retrained. Curves come from the TensorBoard event files, test scores and model facts
-from metrics.json, speed from timing.json, labels from .hydra/overrides.yaml. Runs are grouped by
+Nothing is retrained. Curves come from each run's history.jsonl (whatever its loggers), test scores
+and model facts from metrics.json, speed from timing.json, labels from .hydra/overrides.yaml. Runs are grouped by
 task and data: by the data identity the run recorded (data.json's "id"), else by its data settings
 with the root resolved. The baselines are computed once per group, on the runs' own test split,
 read from where their data.json says and refused when those images changed
@@ -158,7 +158,7 @@ def write_report(directory: Path) -> Path:
         f"{len(runs) + counts['not run']} run(s): "
         + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
         + ". "
-        "Read from what the runs logged (TensorBoard, metrics.json, timing.json, .hydra/); "
+        "Read from what the runs wrote (history.jsonl, metrics.json, timing.json, .hydra/); "
         "nothing was retrained.",
         "",
         f"Every run: `{' '.join(common) or '(defaults)'}`",
@@ -538,7 +538,7 @@ def run_section(run: Run, label: str, directory: Path, figures: Path) -> list[st
     if plot_losses(run.curves, loss, chart, f"{run.name}: {label}"):
         lines += [f"![loss per epoch]({_link(chart, directory)})", ""]
     else:
-        lines += ["No curves logged (logger=none, or it stopped before its first epoch).", ""]
+        lines += ["No curves: no history.jsonl, or it stopped before its first epoch.", ""]
     preview = run.path / "preview.png"
     if preview.is_file():
         caption = PREVIEW_CAPTIONS.get(task_name(run) or "", "preview")

@@ -11,10 +11,8 @@ belongs, a missing key) is "unreadable", with the reason; the other runs are rea
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
-import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -26,6 +24,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aelab.config.arguments import as_typed
 from aelab.errors import AelabError
+from aelab.history import FILE_NAME as HISTORY_FILE
+from aelab.history import read_history
 from aelab.runtime.run_config import is_eval_dir, load_run_config
 
 STATUSES = ("completed", "running", "interrupted", "failed", "diverged", "crashed", "unreadable")
@@ -267,41 +267,13 @@ def process_alive(pid: int) -> bool:
 
 
 def read_curves(path: Path) -> dict[str, Curve]:
-    """Per-epoch scalars by tag ("train/loss", "val/psnr", ...) from TensorBoard, else the CSV log."""
-    # tensorboard/<run name>/ (aelab.loggers), or tensorboard/ itself for older runs
-    events = sorted(path.glob("tensorboard/**/events.out.tfevents.*"))
-    if events:
-        return _tensorboard_curves(events[0].parent)
-    if (path / "csv" / "metrics.csv").is_file():
-        return _csv_curves(path / "csv" / "metrics.csv")
-    return {}
-
-
-def _tensorboard_curves(directory: Path) -> dict[str, Curve]:
-    """Lightning logs an `epoch` scalar at every step it logs at: it maps steps to epochs."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    logging.getLogger("tensorboard").setLevel(logging.ERROR)
-    events = EventAccumulator(
-        str(directory), size_guidance={"scalars": 0}, purge_orphaned_data=False
-    )
-    events.Reload()
-    tags = events.Tags()["scalars"]
-    epoch_at = {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in tags else {}
-    return {
-        tag: [(epoch_at.get(e.step, index), e.value) for index, e in enumerate(events.Scalars(tag))]
-        for tag in tags
-        if tag != "epoch"
-    }
-
-
-def _csv_curves(path: Path) -> dict[str, Curve]:
+    """Per-epoch values by name ("train/loss", "val/psnr", ...) from the run's history.jsonl
+    (aelab.history), which every run writes whatever its loggers."""
     curves: dict[str, Curve] = {}
-    with path.open(newline="") as file:
-        for row in csv.DictReader(file):
-            for tag, value in row.items():
-                if tag not in ("epoch", "step") and value not in ("", None):
-                    curves.setdefault(tag, []).append((int(float(row["epoch"])), float(value)))
+    for row in read_history(path / HISTORY_FILE):
+        for name, value in row.items():
+            if name not in ("epoch", "step") and _is_number(value):
+                curves.setdefault(name, []).append((row["epoch"], float(value)))
     return curves
 
 

@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from aelab.config import resolvers  # noqa: F401  (registers aelab.direction before Hydra composes)
 from aelab.config.schema import SCHEMAS, check_config, config_problems
 from aelab.errors import AelabError
 from aelab.runtime.created import discard

@@ -26,6 +26,7 @@ from aelab.choices import (
     DEFAULT_TEMPERATURE,
     EVAL_SPLITS,
     NORMS,
+    OPTIMIZED_METRICS,
     POOLINGS,
     REGRESSION_LOSSES,
     SOURCES,
@@ -37,6 +38,7 @@ from aelab.config.signatures import arguments_of
 from aelab.config.suggest import closest
 from aelab.data.folder_layout import check_folder_root
 from aelab.errors import AelabError
+from aelab.mlflow_run import mlflow_logger_problem
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything hands the seed to
 
@@ -54,6 +56,7 @@ Activation = choices("Activation", ACTIVATIONS)
 Norm = choices("Norm", NORMS)
 Loss = choices("Loss", REGRESSION_LOSSES + CLASSIFICATION_LOSSES)
 EvalSplit = choices("EvalSplit", EVAL_SPLITS)
+OptimizedMetric = choices("OptimizedMetric", tuple(OPTIMIZED_METRICS))
 
 
 def rule(allowed: str, ok: Callable[[Any], bool], note: str = "") -> dict[str, Any]:
@@ -270,6 +273,7 @@ class TrainSchema:
     ckpt_path: str | None = None
     init_weights: str | None = None
     trusted_modules: list[str] = field(default_factory=list, metadata=MODULE_NAMES)
+    optimized_metric: OptimizedMetric = OptimizedMetric["val/psnr"]
 
 
 @dataclass
@@ -376,6 +380,8 @@ def _cross_problems(cfg: DictConfig, nodes: dict[str, type]) -> list[str]:
     """Rules between two keys: loss=ce is colorization's; the pooled split's fractions leave
     images to train on."""
     problems = _loss_problems(cfg) + _missing_problems(cfg) if "task" in nodes else []
+    if "task" in nodes and (problem := mlflow_logger_problem(cfg.get("logger"))):
+        problems.append(problem)
     if "data" not in nodes:
         return problems
     return problems + _split_problems(cfg) + (_root_problems(cfg) if "task" in nodes else [])

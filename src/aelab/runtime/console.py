@@ -9,6 +9,7 @@ every job (aelab.runtime.lifecycle), once Hydra has set up logging and Lightning
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 # (category, message, module): warnings about code that is not the user's, or about what aelab
@@ -42,6 +43,9 @@ UNACTIONABLE_WARNINGS = (
 # Lightning logs its advertisements (litlogger, litmodels) through this logger.
 LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 ADVERTISEMENT = "💡 Tip:"
+# Lightning's MLflow logger: "Experiment with name task1 not found. Creating it." at a WARNING.
+MLFLOW_LOGGER = "lightning.pytorch.loggers.mlflow"
+NEW_EXPERIMENT = re.compile(r"Experiment with name .* not found\. Creating it\.$")
 # The loggers to which Lightning's packages give a console handler of their own when imported.
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 
@@ -50,10 +54,16 @@ def quiet_library_noise() -> None:
     for category, message, module in UNACTIONABLE_WARNINGS:
         warnings.filterwarnings("ignore", message, category, module)
     logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(not_an_advertisement)
+    logging.getLogger(MLFLOW_LOGGER).addFilter(not_a_new_experiment)
 
 
 def not_an_advertisement(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(ADVERTISEMENT)
+
+
+def not_a_new_experiment(record: logging.LogRecord) -> bool:
+    """Lightning's MLflow logger warns when it creates an experiment: a sweep's first run does."""
+    return not NEW_EXPERIMENT.match(record.getMessage())
 
 
 def lightning_logs_through_root() -> None:
@@ -65,9 +75,15 @@ def lightning_logs_through_root() -> None:
     first), which keeps their lines out of train.log. Where the root logger has handlers, this is
     undone: the rule Lightning applies itself when logging is set up first.
     """
+    logs_through_root(LIGHTNING_LOGGERS)
+
+
+def logs_through_root(names: tuple[str, ...]) -> None:
+    """The named loggers' records to the root logger's handlers, without their own console
+    handlers (MLflow gives its logger one when imported: aelab.mlflow_run calls this then)."""
     if not logging.getLogger().handlers:
-        return  # a script without logging set up: Lightning's own handlers are its console
-    for name in LIGHTNING_LOGGERS:
+        return  # a script without logging set up: the libraries' own handlers are its console
+    for name in names:
         logger = logging.getLogger(name)
         for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
             logger.removeHandler(handler)

@@ -36,6 +36,7 @@ from aelab.runtime.run_lock import claim, release
 # overwrite these, or (Lightning's CSVLogger) delete the metrics.csv it finds.
 RUN_FILES = (".hydra", "checkpoints", "metrics.json", "timing.json", "preview.png", "eval.json")
 RUN_FILES += ("data.json", "data-files.json.gz", "sweep.json")  # the run's data, a sweep's jobs
+RUN_FILES += ("history.jsonl", "mlflow.json")  # its per-epoch numbers, its MLflow run
 LOGGER_DIRS = ("tensorboard", "csv")  # configs/logger: each logger's save dir
 
 

@@ -18,9 +18,10 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from aelab import mlflow_run
 from aelab.callbacks import (
     CheckpointPathsInRunDir,
     EpochTimer,
@@ -32,6 +33,7 @@ from aelab.config.trusted import trusting
 from aelab.data import identity
 from aelab.data.batch_limits import check_every_loop_gets_a_batch
 from aelab.errors import AelabError
+from aelab.history import EpochHistory, EpochLearningRate
 from aelab.models import ConvAutoEncoder
 from aelab.models.checkpoint import network_of, read_checkpoint
 from aelab.models.network import (
@@ -113,6 +115,9 @@ def train_trusting(cfg: DictConfig, output_dir: Path) -> float | None:
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
     trainer, loggers = build_trainer(cfg, bool(resume_from))
     check_every_loop_gets_a_batch(trainer, datamodule)  # before fit: a limit that rounds to 0
+    if owner:
+        params = OmegaConf.to_container(cfg, resolve=True)
+        mlflow_run.open_runs(logger_nodes(cfg), loggers, output_dir, params)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and owner and not resume_from:
             logger.experiment.add_text("model/bottleneck", model_facts["summary"])
@@ -121,14 +126,20 @@ def train_trusting(cfg: DictConfig, output_dir: Path) -> float | None:
         fit_from = resume_from or (continued[0] if continued else None)  # the full state
         trainer.fit(task, datamodule=datamodule, ckpt_path=fit_from, weights_only=True)
         timing = epoch_timing(trainer)  # now: testing the best checkpoint restores its timer
-        val_psnr = trainer.callback_metrics.get("val/psnr")
+        optimized = trainer.callback_metrics.get(optimized_metric(cfg))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         (test_metrics,) = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
 
     if trainer.is_global_zero:  # rank zero writes the results
         scores = (test_metrics, best, model_facts, timing)
         write_results(cfg, output_dir, trainer, task, datamodule, *scores)
-    return float(val_psnr) if val_psnr is not None else None
+    return float(optimized) if optimized is not None else None
+
+
+def optimized_metric(cfg: DictConfig) -> str:
+    """What the run returns to Hydra's sweeper: its last value of optimized_metric (a config saved
+    before the setting existed returned val/psnr)."""
+    return cfg.get("optimized_metric") or "val/psnr"
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
@@ -228,14 +239,17 @@ def refuse_other_network(path, task: L.LightningModule, advice: str, checkpoint=
 
 
 def build_trainer(cfg: DictConfig, resumes: bool = False) -> tuple[L.Trainer, list]:
-    """The Trainer with the configured loggers and callbacks, plus what every run needs; a
-    resumed run's loggers go on with the curves logged before its stop."""
-    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else []
+    """The Trainer with the configured loggers and callbacks, plus what every run needs (its
+    history.jsonl, whatever the loggers); a resumed run's loggers go on with the curves logged
+    before its stop."""
+    run_dir = Path(cfg.paths.output_dir)
+    loggers = [mlflow_run.build_logger(node, run_dir) for node in logger_nodes(cfg)]
     if resumes:
         keep_csv_rows(loggers)  # TensorBoard adds an event file beside the earlier ones itself
     callbacks = configured_callbacks(cfg)
     callbacks += [
         EpochTimer(),
+        EpochLearningRate(),
         RandomStates(),
         FlushLogsWithCheckpoints(),
         CheckpointPathsInRunDir(),
@@ -244,11 +258,16 @@ def build_trainer(cfg: DictConfig, resumes: bool = False) -> tuple[L.Trainer, li
         callbacks.append(LearningRateMonitor())
     trainer = instantiate(
         cfg.trainer,
-        logger=loggers or False,
+        logger=[*loggers, EpochHistory(run_dir)],  # last: trainer.logger stays the configured one
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
     )
     return trainer, loggers
+
+
+def logger_nodes(cfg: DictConfig) -> list[DictConfig]:
+    """The logger group's nodes, those set to null left out (logger.tensorboard=null)."""
+    return [node for node in (cfg.get("logger") or {}).values() if node is not None]
 
 
 def configured_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -307,17 +326,21 @@ def write_results(
         "continued_checkpoint": _resolved(cfg.get("ckpt_path")),  # the state it continued
     }
     (output_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    text = json.dumps(results, indent=2) + "\n"
     params = OmegaConf.to_container(cfg, resolve=True)
-    for logger in trainer.loggers:  # TensorBoard's hparams view shows each run's test metrics
-        if isinstance(logger, TensorBoardLogger):
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):  # its hparams view shows the test metrics
             logger.log_hyperparams(params, metrics=test_metrics)
+        elif isinstance(logger, MLFlowLogger):  # params at its start; metrics.json as written next
+            files = {"metrics.json": text, "preview.png": output_dir / "preview.png"}
+            mlflow_run.log_files(logger, files)
         else:
             logger.log_hyperparams(params)
         logger.finalize("success")
     log.info("Test: %s", ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
     log.info("Run dir: %s", output_dir)
     # Last: until "completed" is written, a stop leaves the run interrupted and resumable.
-    (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "metrics.json").write_text(text)
 
 
 def _resolved(path) -> str | None:
