@@ -47,6 +47,7 @@ from aelab.runtime import continuation
 from aelab.runtime.checkpoint_io import AtomicCheckpointIO
 from aelab.runtime.distributed import launch_rank
 from aelab.runtime.lifecycle import guarded, training_process, write_status
+from aelab.runtime.precision import warn_if_bf16_is_emulated
 from aelab.runtime.requeue import continues_requeued_run
 
 log = logging.getLogger("aelab")
@@ -114,6 +115,7 @@ def train_trusting(cfg: DictConfig, output_dir: Path) -> float | None:
     model_facts = network_facts(task.model, size, target=task.target_phrase(size))
     log.info("Model: %s; %s parameters", model_facts["summary"], f"{model_facts['parameters']:,}")
     trainer, loggers = build_trainer(cfg, bool(resume_from))
+    warn_if_bf16_is_emulated(trainer)
     check_every_loop_gets_a_batch(trainer, datamodule)  # before fit: a limit that rounds to 0
     if owner:
         params = OmegaConf.to_container(cfg, resolve=True)
