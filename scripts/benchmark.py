@@ -68,10 +68,15 @@ def aelab_rates(overrides: list[str], epochs: int, batches: int) -> list[float]:
         return json.loads((Path(run_dir) / "timing.json").read_text())["images_per_second"]
 
 
-def bare_step(task, datamodule, images: torch.Tensor, indices: torch.Tensor, optimizer) -> None:
-    """One training step with nothing around it: the floor's unit of work."""
+def bare_step(
+    task, datamodule, images: torch.Tensor, indices: torch.Tensor, optimizer, precision: str
+) -> None:
+    """One training step with nothing around it: the floor's unit of work, under the autocast
+    that Lightning's bf16 precisions put around a training step."""
     inputs, targets = task.split_batch(datamodule.to_model_space(images[indices]))
-    loss = task.loss_fn(task(inputs), targets)
+    bf16 = str(precision).startswith("bf16")
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = task.loss_fn(task(inputs), targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -94,7 +99,7 @@ def floor_rates(
             order = torch.randperm(len(images), device=device)[: batches * datamodule.batch_size]
             start = time.perf_counter()
             for indices in order.split(datamodule.batch_size):
-                bare_step(task, datamodule, images, indices, optimizer)
+                bare_step(task, datamodule, images, indices, optimizer, cfg.trainer.precision)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rates.append(len(order) / (time.perf_counter() - start))
@@ -149,7 +154,9 @@ class BareStepsBetween(L.Callback):
         datamodule = trainer.datamodule
         shape = (self.block, datamodule.batch_size)
         for indices in torch.randint(len(self.images), shape, device=self.images.device):
-            bare_step(self.bare, datamodule, self.images, indices, self.optimizer)
+            bare_step(
+                self.bare, datamodule, self.images, indices, self.optimizer, trainer.precision
+            )
         done = self._now(task)
         if trainer.current_epoch > 0:
             self.aelab_seconds.append(end - self._mark)

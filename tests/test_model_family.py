@@ -353,3 +353,16 @@ def test_the_rate_distortion_study_sweeps_each_network_over_four_code_sizes():
             sizes.setdefault(cfg.model.norm, []).append(channels * height * width)
     assert len(jobs) == 8
     assert sizes == {"none": [64, 192, 512, 1024], "batch": [64, 192, 512, 1024]}
+
+
+def test_the_192_value_experiment_is_the_resnet_preset_at_double_width_under_bf16(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_config(["experiment=resnet192"], tmp_path)
+    network = instantiate(cfg.model, in_channels=3, out_channels=3)
+    assert network.latent_shape(32, 32) == (3, 8, 8)
+    assert (network.widths, network.blocks, network.norm) == ([32, 64, 128], 1, "batch")
+    assert sum(p.numel() for p in network.parameters()) == 1_069_414  # as docs/results.md says
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs == 19
+    plain = compose_config(["experiment=resnet192", "trainer.precision=32-true"], tmp_path)
+    assert plain.trainer.precision == "32-true" and plain.model == cfg.model
