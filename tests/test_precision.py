@@ -42,3 +42,29 @@ def test_cpu_flags_reads_the_flags_line_and_none_without_one(tmp_path):
     cpuinfo.write_text("processor\t: 0\n")
     assert cpu_flags(cpuinfo) is None
     assert cpu_flags(tmp_path / "absent") is None
+
+
+@pytest.mark.slow
+def test_train_and_eval_warn_before_bf16_on_a_cpu_that_emulates_it(
+    smoke_overrides, trained, tmp_path, monkeypatch, caplog
+):
+    from aelab.runtime import precision
+    from aelab.runtime.evaluate import evaluate
+    from aelab.runtime.train import train
+    from tests.conftest import compose_config
+    from tests.test_evaluate import eval_config
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"flags\t\t: {EMULATING}\n")
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*smoke_overrides, "logger=none", "trainer.precision=bf16-mixed"], run_dir)
+    checkpoint = trained("reconstruction") / "checkpoints" / "best.ckpt"
+    scored = eval_config(
+        [f"ckpt_path={checkpoint}", "trainer.precision=bf16-mixed"], tmp_path / "e"
+    )
+    with caplog.at_level(logging.WARNING):
+        train(cfg, run_dir)
+        evaluate(scored, tmp_path / "e")
+    said = [r.getMessage() for r in caplog.records if "without bf16 instructions" in r.getMessage()]
+    assert len(said) == 2  # the run's start, then eval.py's before it scores

@@ -25,6 +25,7 @@ from aelab.errors import AelabError
 from aelab.models.checkpoint import load_network, read_checkpoint
 from aelab.models.network import network_spec, spec_differences
 from aelab.runtime.lifecycle import guarded
+from aelab.runtime.precision import warn_if_bf16_is_emulated
 from aelab.runtime.run_config import checkpoint_run_dir, load_run_config
 from aelab.runtime.train import build
 
@@ -73,6 +74,7 @@ def evaluate_trusting(cfg: DictConfig, output_dir: Path) -> dict:
     data = identity.evaluation_data(datamodule, run_dir, given=given_data(cfg))
 
     trainer = evaluation_trainer(run_cfg)
+    warn_if_bf16_is_emulated(trainer)  # a bf16 run's config scored on another machine
     check_every_loop_gets_a_batch(trainer, datamodule, scored=split)  # before Lightning's refusal
     (scores,) = getattr(trainer, TRAINER_METHODS[split])(task, datamodule=datamodule)
     results = {

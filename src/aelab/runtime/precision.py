@@ -14,10 +14,10 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # the instructions oneDNN's bf16 c
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+def cpu_flags(cpuinfo: Path | None = None) -> set[str] | None:
     """The CPU's feature flags on Linux; None where the system does not list them."""
     try:
-        text = cpuinfo.read_text()
+        text = (cpuinfo or CPUINFO).read_text()
     except OSError:
         return None
     for line in text.splitlines():
@@ -26,7 +26,7 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
     return None
 
 
-def warn_if_bf16_is_emulated(trainer: L.Trainer, cpuinfo: Path = CPUINFO) -> bool:
+def warn_if_bf16_is_emulated(trainer: L.Trainer, cpuinfo: Path | None = None) -> bool:
     """Says so when a bf16 run trains on a CPU without bf16 instructions; True when it did."""
     on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
     if not (on_cpu and str(trainer.precision).startswith("bf16")):
